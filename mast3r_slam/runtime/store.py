@@ -187,7 +187,7 @@ class KeyframeStore:
         self._hdr_map = _map_file(self.root / "header.bin", self._hdr_layout.size, create)
         self._hdr = {k: v.reshape(-1) for k, v in self._hdr_layout.views(self._hdr_map).items()}
         self._cur_map = _map_file(self.root / "current.bin", self._cur_layout.size, create)
-        self._cur = {k: v[0] for k, v in self._cur_layout.views(self._cur_map).items()}
+        self._cur = {k: v[0:1].reshape(v.shape[1:]) for k, v in self._cur_layout.views(self._cur_map).items()}
         self._edge_map = _map_file(self.root / "edges.bin", self._edge_layout.size, create)
         self._edges = self._edge_layout.views(self._edge_map)
 
@@ -217,7 +217,7 @@ class KeyframeStore:
     def _rec(self, idx: int, create: bool = False) -> dict[str, np.ndarray]:
         c = self._ensure(idx, create)
         j = idx % self.chunk
-        return {k: v[j] for k, v in c.items()}
+        return {k: v[j : j + 1].reshape(v.shape[1:]) for k, v in c.items()}  # views (0-d for scalars)
 
     @property
     def capacity(self) -> int:
