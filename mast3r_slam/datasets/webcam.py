@@ -20,6 +20,21 @@ def parse_webcam_spec(spec: str) -> int:
     return int(rest)
 
 
+def _open_quietly(device: int):
+    """cv2.VideoCapture without OpenCV's multi-line warnings when there is no camera."""
+    import cv2
+
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    old = log.getLogLevel() if log is not None else None
+    if log is not None:
+        log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        return cv2.VideoCapture(device)
+    finally:
+        if log is not None:
+            log.setLogLevel(old)
+
+
 class WebcamDataset(LiveDataset):
     kind = "webcam"
 
@@ -29,7 +44,7 @@ class WebcamDataset(LiveDataset):
         self.device = parse_webcam_spec(str(spec))
         super().__init__(f"webcam{self.device}")
         self.name = f"webcam{self.device}"
-        self._cap = cv2.VideoCapture(self.device)
+        self._cap = _open_quietly(self.device)
         if not self._cap.isOpened():
             self._cap.release()
             raise DatasetError(f"webcam:{self.device}: no camera found (OpenCV could not open video device {self.device})")
