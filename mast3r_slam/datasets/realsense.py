@@ -73,9 +73,10 @@ class RealSenseDataset(LiveDataset):
         except RuntimeError as e:
             src = self.recording if self.recording is not None else "realsense"
             raise DatasetError(f"{src}: cannot start the colour stream ({e})") from None
+        self._playback = None
         if self.recording is not None:
-            playback = profile.get_device().as_playback()
-            playback.set_real_time(False)
+            self._playback = profile.get_device().as_playback()
+            self._playback.set_real_time(False)
         try:
             vsp = profile.get_stream(rs.stream.color).as_video_stream_profile()
         except RuntimeError:
@@ -93,13 +94,23 @@ class RealSenseDataset(LiveDataset):
         return p.is_file() and p.suffix.lower() in RECORDING_EXTENSIONS
 
     def _wait(self):
-        ok, frames = self._pipe.try_wait_for_frames(TIMEOUT_MS)
-        if not ok:
-            if self.recording is None:
+        """Next colour frame; None at the end of a recording."""
+        waited = 0
+        while True:
+            step = TIMEOUT_MS if self._playback is None else 50
+            ok, frames = self._pipe.try_wait_for_frames(step)
+            if ok:
+                color = frames.get_color_frame()
+                if color:
+                    return color
+                continue
+            waited += step
+            if self._playback is not None and self._playback.current_status() == self._rs.playback_status.stopped:
+                return None  # end of the recording
+            if waited >= TIMEOUT_MS:
+                if self._playback is not None:
+                    return None
                 raise DatasetError(f"realsense: the camera sent no frame for {TIMEOUT_MS / 1000:.0f} s")
-            return None
-        color = frames.get_color_frame()
-        return color if color else None
 
     def _skip(self) -> bool:
         return self._wait() is not None
