@@ -86,6 +86,7 @@ class ViewerApp:
         self._drag = None  # (mode, depth, pivot) while a mouse button is held
         self._cursor = (0.0, 0.0)
         self._last_current = None
+        self.last_input = -1e9  # perf_counter time of the last user input (windowed redraw policy)
         self.gui = None
         if gui:
             try:
@@ -112,7 +113,13 @@ class ViewerApp:
         self.status = st
 
         versions = np.asarray(src.keyframe_versions(), dtype=np.int64)
-        kf_changed, uploaded = r.sync_keyframes(versions, src.keyframe, self.opts.max_uploads_per_frame)
+        n_kf = len(versions)
+
+        def on_upload(i, kf):  # the newest keyframe's image goes to the GUI panel
+            if self.gui is not None and i == n_kf - 1:
+                self.gui.keyframe_image.set(np.asarray(kf.rgb))
+
+        kf_changed, _ = r.sync_keyframes(versions, src.keyframe, self.opts.max_uploads_per_frame, on_upload)
         changed |= kf_changed
         poses = np.asarray(src.keyframe_poses(), dtype=np.float32).reshape(-1, 8)
         poses = poses[: len(versions)]
@@ -120,12 +127,6 @@ class ViewerApp:
             changed = True
         self._poses = poses
         r.poses = poses
-        n = len(poses)
-        if self.gui is not None and n and (n - 1) in uploaded:
-            kf = r.keyframes.get(n - 1)
-            data = src.keyframe(n - 1) if kf is not None else None
-            if data is not None:
-                self.gui.keyframe_image.set(np.asarray(data.rgb))
 
         cv = int(src.current_version())
         if cv != r.current_version:
@@ -433,14 +434,31 @@ def connect_window_events(window, app: ViewerApp) -> None:
         if gui_r():
             gui_r().resize(width, height)
 
-    window.key_event_func = on_key
-    window.mouse_position_event_func = on_position
-    window.mouse_drag_event_func = on_drag
-    window.mouse_press_event_func = on_press
-    window.mouse_release_event_func = on_release
-    window.mouse_scroll_event_func = on_scroll
-    window.unicode_char_entered_func = on_char
-    window.resize_func = on_resize
+    def touched(fn):  # every event marks input activity (the GUI must redraw to react)
+        def wrapper(*args):
+            app.last_input = time.perf_counter()
+            fn(*args)
+
+        return wrapper
+
+    window.key_event_func = touched(on_key)
+    window.mouse_position_event_func = touched(on_position)
+    window.mouse_drag_event_func = touched(on_drag)
+    window.mouse_press_event_func = touched(on_press)
+    window.mouse_release_event_func = touched(on_release)
+    window.mouse_scroll_event_func = touched(on_scroll)
+    window.unicode_char_entered_func = touched(on_char)
+    window.resize_func = touched(on_resize)
+
+
+def _events_only(window) -> bool:
+    """Process pending window events without presenting a frame; False if the backend cannot."""
+    if getattr(window, "name", "") == "glfw":
+        import glfw
+
+        glfw.poll_events()
+        return True
+    return False
 
 
 def run_loop(window, app: ViewerApp, *, writer=None, max_frames: int | None = None,
@@ -448,7 +466,9 @@ def run_loop(window, app: ViewerApp, *, writer=None, max_frames: int | None = No
     """Poll, render and present until the window closes, SLAM terminates or ``max_frames`` frames.
 
     Headless windows render only when something changed (or ``render_unchanged``), at most
-    ``headless_fps`` frames per second, and hand every frame to ``writer``. Returns the exit reason.
+    ``headless_fps`` frames per second, and hand every frame to ``writer``. Interactive windows
+    render when SLAM's state changed or within 1 s of user input, else every ``idle_redraw_s``
+    (so a paused or finished run costs the GPU nearly nothing). Returns the exit reason.
     """
     o = app.opts
     headless = bool(window.headless)
@@ -465,11 +485,20 @@ def run_loop(window, app: ViewerApp, *, writer=None, max_frames: int | None = No
             log.warning("viewer: reading the SLAM state failed (%s: %s); closing the viewer", type(e).__name__, e)
             return EXIT_SOURCE_ERROR
         terminated = app.status.mode == "TERMINATED"
+        if min(window.buffer_size) <= 0:  # minimised: nothing to draw into, keep handling events
+            window.swap_buffers()
+            time.sleep(0.05)
+            continue
         now = time.perf_counter()
         if headless:
             due = dirty or o.render_unchanged or terminated
             rate_ok = o.headless_fps <= 0 or last is None or now - last >= 1.0 / o.headless_fps
             if not (due and (rate_ok or terminated)):
+                time.sleep(o.poll_interval_s)
+                continue
+        else:
+            idle = not dirty and now - app.last_input > 1.0 and last is not None and now - last < o.idle_redraw_s
+            if idle and not (terminated and o.close_on_terminate) and _events_only(window):
                 time.sleep(o.poll_interval_s)
                 continue
         dt = now - t_prev
@@ -517,6 +546,11 @@ def run_viewer(
     check_dependencies()
     config = config or ViewerConfig()
     headless = headless_dir is not None
+    if config.lower_priority and hasattr(os, "nice"):
+        try:
+            os.nice(10)
+        except OSError:
+            pass
     if window is None:
         if not headless and not display_available():
             log.warning("viewer: no display: running without a window")

@@ -65,8 +65,10 @@ class ViewerConfig:
 
     # --- loop / performance ----------------------------------------------------------------------
     max_uploads_per_frame: int = 4  # keyframe texture uploads per GUI frame (rest next frame)
-    poll_interval_s: float = 0.01  # headless: sleep between polls when nothing changed
+    poll_interval_s: float = 0.01  # sleep between polls when nothing changed (and nothing is drawn)
+    idle_redraw_s: float = 0.5  # windowed: with no change and no input, redraw only this often
     close_on_terminate: bool = True  # windowed: return when SLAM reports TERMINATED
+    lower_priority: bool = False  # os.nice(10) the calling process (use in the viewer's own process)
 
     # --- output --------------------------------------------------------------------------------
     screenshot_dir: str = "screenshots"
@@ -95,7 +97,7 @@ class ViewerConfig:
         if not isinstance(self.point_stride, int) or self.point_stride < 1:
             bad("point_stride", "an integer >= 1", self.point_stride)
         positive = ("surfel_scale", "point_size", "frustum_scale", "line_width", "near", "gui_scale",
-                    "video_fps", "poll_interval_s")
+                    "video_fps", "poll_interval_s", "idle_redraw_s")
         for name in positive:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:

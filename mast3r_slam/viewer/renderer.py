@@ -151,10 +151,12 @@ class Renderer:
         self.last_segment_count = 0
 
     # ---- synchronisation with the source ----------------------------------------------------------
-    def sync_keyframes(self, versions: np.ndarray, read_keyframe, max_uploads: int) -> tuple[bool, list[int]]:
+    def sync_keyframes(self, versions: np.ndarray, read_keyframe, max_uploads: int,
+                       on_upload=None) -> tuple[bool, list[int]]:
         """Upload changed keyframes (at most ``max_uploads``, 0 = no limit) and release vanished ones.
 
-        ``read_keyframe(i)`` returns a KeyframeData or None. Returns (anything changed, indices uploaded).
+        ``read_keyframe(i)`` returns a KeyframeData or None; ``on_upload(i, kf)`` is called after
+        each upload. Returns (anything changed, indices uploaded).
         """
         n = int(len(versions))
         changed = False
@@ -185,6 +187,8 @@ class Renderer:
             self.stats.keyframe_uploads += 1
             self.kf_shapes[i] = (H, W)
             uploaded.append(i)
+            if on_upload is not None:
+                on_upload(i, kf)
             changed = True
         return changed, uploaded
 

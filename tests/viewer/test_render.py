@@ -291,6 +291,7 @@ def test_gui_overlay_is_drawn_headless(viewer_factory):
         assert diff[y: y + h, x: x + w].mean() > 0.5
         inside[max(y - 1, 0): y + h + 1, max(x - 1, 0): x + w + 1] = True
     assert not diff[~inside].any()  # the overlay stays in its windows
+    assert src.reads == {0: 1}  # the keyframe panel reuses the uploaded data
     # the stand-in label is drawn in orange; without a stand-in there is no orange text
     orange = (frame[..., 0] > 200) & (frame[..., 1] > 100) & (frame[..., 1] < 170) & (frame[..., 2] < 80)
     assert orange.sum() > 20
