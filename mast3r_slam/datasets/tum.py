@@ -7,8 +7,10 @@ the colour camera) and ``groundtruth.txt`` (TUM trajectory, camera-to-world, 100
 * Detection: a folder holding ``rgb.txt`` (ETH3D, which also has ``calibration.txt``, is tried
   first).
 * Intrinsics: the published freiburg1/2/3 calibration, chosen from ``freiburgN`` or ``frN`` in
-  the folder name or a parent folder's name; when no name says which camera it is, pass
-  ``camera=`` or ``--calib``. Undistortion happens only in calibrated mode (as the original).
+  the folder name or a parent folder's name; a ``calibration.yaml`` (``--calib`` layout) inside
+  the folder takes precedence (generated sequences carry one); when neither says which camera
+  it is, pass ``camera=`` or ``--calib``. Undistortion happens only in calibrated mode (as the
+  original).
 * Depth: each colour frame gets the depth frame nearest in time (within 20 ms) from
   ``depth.txt``, or from the file names in ``depth/`` when ``depth.txt`` is missing.
 * Ground truth: ``groundtruth.txt`` interpolated (linear + slerp) at the colour timestamps for
@@ -98,7 +100,15 @@ class TUMDataset(Dataset):
 
     # ---- overridable parts -----------------------------------------------------------------
     def _default_intrinsics(self, camera: int | str | None) -> Intrinsics | None:
-        cam = camera if camera is not None else tum_camera_from_path(self.path)
+        """``camera`` argument, else ``calibration.yaml`` in the folder, else freiburgN in the name."""
+        if camera is not None:
+            return tum_intrinsics(camera)
+        own = self.path / "calibration.yaml"
+        if own.is_file():
+            from .calib import load_calibration
+
+            return load_calibration(own)
+        cam = tum_camera_from_path(self.path)
         return tum_intrinsics(cam) if cam is not None else None
 
     def _find_groundtruth(self) -> Path | None:

@@ -126,6 +126,9 @@ def test_detected_by_content_not_name(tmp_path):
     np.testing.assert_allclose(ds.K, load_dataset(DATA, use_calib=True).K)
     # explicit camera argument
     assert TUMDataset(seq, camera="fr3").intrinsics.fx == 535.4
+    # a calibration.yaml inside the folder
+    (seq / "calibration.yaml").write_text("width: 640\nheight: 480\ncalibration: [500.0, 501.0, 320.0, 240.0]\n")
+    assert load_dataset(seq, use_calib=True).intrinsics.fy == 501.0
 
 
 @pytest.mark.parametrize(
