@@ -41,7 +41,8 @@ def check_dependencies() -> None:
             missing.append(mod)
     if missing:
         raise Mast3rSlamError(
-            f"viewer: {', '.join(missing)} not installed; install with `pip install 'mast3r-slam[viz]'` or run with --no-viz"
+            f"viewer: {', '.join(missing)} not installed; "
+            "install with `pip install 'mast3r-slam[viz]'` or run with --no-viz"
         )
 
 
@@ -540,21 +541,21 @@ def run_viewer(
 
     ``max_frames`` stops after that many rendered frames; ``on_frame(app, n)`` is called after
     each. ``window`` (tests, embedding) is an already created moderngl-window window to use
-    instead of opening one; it is destroyed on return. Returns the exit reason: "closed", "terminated", "max_frames", "no_display" or
-    "source_error".
+    instead of opening one; it is destroyed on return. Returns the exit reason: "closed",
+    "terminated", "max_frames", "no_display" or "source_error".
     """
+    headless = headless_dir is not None
+    if window is None and not headless and not display_available():
+        log.warning("viewer: no display: running without a window")
+        return EXIT_NO_DISPLAY
     check_dependencies()
     config = config or ViewerConfig()
-    headless = headless_dir is not None
     if config.lower_priority and hasattr(os, "nice"):
         try:
             os.nice(10)
         except OSError:
             pass
     if window is None:
-        if not headless and not display_available():
-            log.warning("viewer: no display: running without a window")
-            return EXIT_NO_DISPLAY
         try:
             window = create_window(config, headless)
         except Exception as e:

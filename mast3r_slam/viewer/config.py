@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from ..errors import ConfigError
 
 POINT_MODES = ("surfel", "point")
-CURRENT_COLORS = ("depth", "image")
+CURRENT_POINTS_COLORS = ("depth", "image")
 
 
 @dataclass
@@ -34,7 +34,7 @@ class ViewerConfig:
     point_stride: int = 1  # draw every n-th pixel in x and y (1 = all; raise for huge maps)
     border: int = 1  # skip this many pixels along the pointmap border
     lighting: bool = True  # headlight Phong shading; off = exact image colours
-    current_color: str = "depth"  # current pointmap colour: "depth" (colormap) or "image"
+    current_points_color: str = "depth"  # current pointmap colour: "depth" (colormap) or "image"
     show_keyframe_points: bool = True
     show_current_points: bool = True
     show_dynamic_mask: bool = True  # tint moving pixels of the current frame (3D + image panel)
@@ -48,15 +48,15 @@ class ViewerConfig:
     show_axes: bool = False
     frustum_scale: float = 0.05  # depth of the drawn frustums in world units
     line_width: float = 2.0  # pixels
-    keyframe_color: tuple[float, float, float] = (0.9, 0.2, 0.2)
-    current_color_rgb: tuple[float, float, float] = (0.2, 0.9, 0.2)
+    keyframe_frustum_color: tuple[float, float, float] = (0.9, 0.2, 0.2)
+    current_frustum_color: tuple[float, float, float] = (0.2, 0.9, 0.2)
     trajectory_color: tuple[float, float, float] = (1.0, 0.8, 0.2)
     edge_color: tuple[float, float, float] = (0.3, 0.6, 1.0)
     loop_edge_color: tuple[float, float, float] = (1.0, 0.2, 1.0)
 
     # --- camera --------------------------------------------------------------------------------
     follow: bool = True  # follow the current camera, keeping the user's offset
-    follow_offset: tuple[float, float, float] = (0.0, 0.0, -2.0)  # eye in the followed camera's frame (OpenCV axes)
+    follow_offset: tuple[float, float, float] = (0.0, 0.0, -2.0)  # eye in the followed camera (OpenCV axes)
     fov_y_deg: float = 60.0
     near: float = 0.01
     far: float = 500.0
@@ -88,8 +88,9 @@ class ViewerConfig:
                 bad(name, "an integer >= 16", v)
         if self.point_mode not in POINT_MODES:
             bad("point_mode", " or ".join(repr(m) for m in POINT_MODES), self.point_mode)
-        if self.current_color not in CURRENT_COLORS:
-            bad("current_color", " or ".join(repr(m) for m in CURRENT_COLORS), self.current_color)
+        if self.current_points_color not in CURRENT_POINTS_COLORS:
+            bad("current_points_color", " or ".join(repr(m) for m in CURRENT_POINTS_COLORS),
+                self.current_points_color)
         for name in ("samples", "border", "max_uploads_per_frame"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -111,8 +112,8 @@ class ViewerConfig:
         if self.headless_fps < 0 or self.conf_threshold < 0:
             bad("headless_fps" if self.headless_fps < 0 else "conf_threshold", "a number >= 0",
                 self.headless_fps if self.headless_fps < 0 else self.conf_threshold)
-        for name in ("background", "mask_color", "keyframe_color", "current_color_rgb", "trajectory_color",
-                     "edge_color", "loop_edge_color", "follow_offset"):
+        for name in ("background", "mask_color", "keyframe_frustum_color", "current_frustum_color",
+                     "trajectory_color", "edge_color", "loop_edge_color", "follow_offset"):
             v = getattr(self, name)
             try:
                 t = tuple(float(x) for x in v)

@@ -2,6 +2,7 @@
 
     python -m mast3r_slam.viewer.demo                 # window (needs a display)
     python -m mast3r_slam.viewer.demo --headless out  # PNG frames (+ --video for an MP4)
+    python -m mast3r_slam.viewer.demo --bench 20      # headless timing of 20 keyframes of 512x384
 
 The scene is a textured corner (a wall at z = 3 and a floor at y = 1, OpenCV world axes) seen by
 cameras moving along x; pointmaps are ray-cast exactly, confidence falls off towards the image
@@ -103,6 +104,30 @@ def _animate(src: StaticSource, control: RecordingControl, n_frames: int, H: int
     src.set_status(mode="TERMINATED")
 
 
+def bench(n_keyframes: int, size=(1280, 720), H: int = 384, W: int = 512, repeats: int = 5) -> dict:
+    """Headless timing: ms per frame (all keyframes uploaded, GUI on) for each point mode and stride."""
+    from .config import ViewerConfig
+    from .headless import HeadlessViewer
+
+    src = demo_source(n_keyframes, H, W)
+    out = {}
+    for mode in ("surfel", "point"):
+        for stride in (1, 2):
+            cfg = ViewerConfig(width=size[0], height=size[1], point_mode=mode, point_stride=stride,
+                               max_uploads_per_frame=0)
+            with HeadlessViewer(src, config=cfg) as v:
+                t0 = time.perf_counter()
+                v.render()
+                v.window.ctx.finish()
+                t_first = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    v.app.render()
+                v.window.ctx.finish()
+                out[(mode, stride)] = (1000 * t_first, 1000 * (time.perf_counter() - t0) / repeats)
+    return out
+
+
 def main(argv=None) -> int:
     from .app import run_viewer
     from .config import ViewerConfig
@@ -112,7 +137,16 @@ def main(argv=None) -> int:
     ap.add_argument("--video", action="store_true", help="with --headless, also write DIR/viewer.mp4")
     ap.add_argument("--frames", type=int, default=120, help="synthetic frames to play")
     ap.add_argument("--size", type=int, nargs=2, default=(1280, 720), metavar=("W", "H"))
+    ap.add_argument("--bench", type=int, default=0, metavar="K",
+                    help="time headless rendering of K keyframes of 512x384 and exit")
     args = ap.parse_args(argv)
+    if args.bench:
+        from .headless import HeadlessViewer  # noqa: F401 (fails early without moderngl)
+
+        for (mode, stride), (first, per) in bench(args.bench, tuple(args.size)).items():
+            print(f"{args.bench} keyframes 512x384, {args.size[0]}x{args.size[1]}, {mode:6s} stride {stride}: "
+                  f"first frame (uploads) {first:8.1f} ms, then {per:8.1f} ms/frame")
+        return 0
     src = StaticSource()
     src.set_status(stand_in="ground-truth stand-in (demo scene, not MASt3R)")
     control = RecordingControl()

@@ -185,9 +185,9 @@ class Gui:
             if changed:
                 o.point_stride = max(1, v)
             colours = ["depth", "image"]
-            changed, k = imgui.combo("Current colour", colours.index(o.current_color), colours)
+            changed, k = imgui.combo("Current colour", colours.index(o.current_points_color), colours)
             if changed:
-                o.current_color = colours[k]
+                o.current_points_color = colours[k]
             changed, v = imgui.slider_float("Frustum size", float(o.frustum_scale), 0.005, 0.5, "%.3f")
             if changed:
                 o.frustum_scale = v

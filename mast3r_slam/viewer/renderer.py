@@ -283,7 +283,7 @@ class Renderer:
                 frustum_corners(h, w, self.keyframes[i].K if i in self.keyframes else None, opts.frustum_scale)
                 for i, (h, w) in enumerate(shapes)
             ])
-            add(frustum_segments(se3_matrix(self.poses), corners), opts.keyframe_color)
+            add(frustum_segments(se3_matrix(self.poses), corners), opts.keyframe_frustum_color)
         if opts.show_edges and n:
             ii, jj, loop = self.edges
             ok = (ii >= 0) & (jj >= 0) & (ii < n) & (jj < n)
@@ -301,7 +301,7 @@ class Renderer:
             H, W = (self.current.H, self.current.W) if self.current is not None else _DEFAULT_HW
             K = self.current.K if self.current is not None else None
             add(frustum_segments(se3_matrix(self.current_pose[None]), frustum_corners(H, W, K, opts.frustum_scale)),
-                opts.current_color_rgb)
+                opts.current_frustum_color)
         if not segs:
             return np.zeros((0, 2, 3)), np.zeros((0, 3))
         return np.concatenate(segs), np.concatenate(cols)
@@ -337,7 +337,7 @@ class Renderer:
         if opts.show_current_points and self.current is not None and self.current_pose is not None:
             self._draw_pointmap(
                 self.current, self.current_pose, view, proj, opts,
-                color_mode=1 if opts.current_color == "depth" else 0,
+                color_mode=1 if opts.current_points_color == "depth" else 0,
                 mask=self.current_mask if (opts.show_dynamic_mask and self._has_mask) else None,
                 depth_range=self.current_depth_range, depth_bias=CURRENT_DEPTH_BIAS,
             )

@@ -84,7 +84,7 @@ def test_keyframe_and_current_frustums_are_drawn(viewer_factory):
                       show_current_frustum=True, frustum_scale=0.6, line_width=3.0)
     v = viewer_factory(src, cfg)
     img = v.render()
-    for T, color in ((T_KF, cfg.keyframe_color), (T_cur, cfg.current_color_rgb)):
+    for T, color in ((T_KF, cfg.keyframe_frustum_color), (T_cur, cfg.current_frustum_color)):
         segs = frustum_segments(se3_matrix(T)[None], frustum_corners(H_PM, W_PM, None, cfg.frustum_scale))
         pts = np.concatenate([segs[:, 0] + t * (segs[:, 1] - segs[:, 0]) for t in (0.3, 0.5, 0.7)])
         uv, z = v.app.camera.project(pts, W_FB, H_FB)
@@ -125,7 +125,7 @@ def test_follow_camera_tracks_current_pose_and_keeps_user_offset(viewer_factory)
     T2 = make_sim3(axis_angle([1, 0.3, 0], -0.5), t=(-1.0, 0.7, 2.0), s=1.0)
     src = StaticSource()
     src.set_current(current(T1))
-    cfg = base_config(follow=True, current_color="image")
+    cfg = base_config(follow=True, current_points_color="image")
     v = viewer_factory(src, cfg)
     img1 = v.render()
     np.testing.assert_allclose(v.app.camera.pose_cv, se3_matrix(T1) @ np.array(
@@ -225,7 +225,7 @@ def test_dynamic_mask_overlay_tints_moving_points(viewer_factory):
     src = StaticSource()
     src.set_current(CurrentData(3, make_sim3(), plane_pointmap(), np.full((H_PM, W_PM), 3.0, np.float32),
                                 block_colors(), dynamic_mask=mask))
-    cfg = base_config(current_color="image")
+    cfg = base_config(current_points_color="image")
     v = viewer_factory(src, cfg)
     u, vv = block_centres()
     uv, _ = v.app.camera.project(plane_pointmap()[vv, u], W_FB, H_FB)

@@ -152,3 +152,15 @@ def test_interactive_loop_skips_redraws_while_idle(monkeypatch):
     finally:
         app.release()
         inner.destroy()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_window_that_cannot_open_means_no_display(monkeypatch):
+    """$DISPLAY set but unusable: GLFW fails, the viewer says so and returns; SLAM is not stopped."""
+    pytest.importorskip("glfw")
+    pytest.importorskip("moderngl_window")
+    monkeypatch.setenv("DISPLAY", ":4321")
+    control = RecordingControl()
+    reason = run_viewer(StaticSource(), control, max_frames=1)  # max_frames guards a real display
+    assert reason in ("no_display", "max_frames")
+    assert control.events == []
