@@ -235,6 +235,8 @@ def _gauss_newton(variant: str, Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, 
         T = torch.where(active, T_new, T)
         dx_last = torch.where(active, dx, dx_last)
         active = active & (torch.linalg.norm(dx) >= delta_thresh)
+        if not T.is_cuda and not bool(active):  # free on the CPU; on a GPU the masked loop runs on
+            break
     Twc.copy_(T)
     return dx_last
 
