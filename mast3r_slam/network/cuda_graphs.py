@@ -1,0 +1,71 @@
+"""CUDA-graph capture of fixed-shape network calls.
+
+At batch 1 the network is bound by Python and kernel-launch overhead (spec: reference benchmarks),
+so the per-frame calls (encode one image, decode one pair) are captured once per input shape and
+replayed. :class:`CudaGraphRunner` keys graphs by a caller-given key (e.g. ``(B, H, W)``), copies
+the inputs into static buffers, replays, and returns *clones* of the outputs (the static outputs
+are overwritten by the next replay).
+
+Rules for the wrapped function: no host synchronisation, no data-dependent shapes, and any lazily
+built cache (e.g. RoPE tables) must be filled by the warm-up runs, which happen before capture.
+Weights must not move after capture (the model drops its graphs when it is moved or re-cast).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+
+def _tree_map(fn: Callable[[torch.Tensor], Any], obj):
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _tree_map(fn, v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_tree_map(fn, v) for v in obj)
+    return obj
+
+
+class _Entry:
+    __slots__ = ("graph", "inputs", "outputs")
+
+    def __init__(self, graph, inputs, outputs):
+        self.graph, self.inputs, self.outputs = graph, inputs, outputs
+
+
+class CudaGraphRunner:
+    """Capture ``fn(*tensors, **static_kwargs)`` once per key and replay it afterwards."""
+
+    def __init__(self, fn: Callable, warmup: int = 2):
+        self.fn = fn
+        self.warmup = warmup
+        self._graphs: dict[Any, _Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def clear(self) -> None:
+        self._graphs.clear()
+
+    def _capture(self, tensors: tuple[torch.Tensor, ...], kwargs: dict) -> _Entry:
+        inputs = tuple(t.clone() for t in tensors)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.fn(*inputs, **kwargs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = self.fn(*inputs, **kwargs)
+        return _Entry(graph, inputs, outputs)
+
+    def __call__(self, key, *tensors: torch.Tensor, **static_kwargs):
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._graphs[key] = self._capture(tensors, static_kwargs)
+        for dst, src in zip(entry.inputs, tensors):
+            dst.copy_(src)
+        entry.graph.replay()
+        return _tree_map(lambda t: t.clone(), entry.outputs)

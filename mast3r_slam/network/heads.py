@@ -1,0 +1,174 @@
+"""The catmlp+dpt head and its post-processing (spec: network §4.7-4.8).
+
+One head per view: a DPT branch (3D points + confidence) over the encoder output and decoder
+layers ``arch.hooks``, and a local-feature MLP over [encoder output, last decoder layer] whose
+output is pixel-shuffled to full resolution (descriptor + descriptor confidence).
+
+The heads always compute in fp32 (inputs are cast with ``.float()``). Their weights may be
+*stored* in half precision to save GPU memory; the ``F32*`` layers below cast them to fp32 on the
+fly, so the arithmetic stays fp32.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .arch import Mast3rArch
+
+
+class F32Linear(nn.Linear):
+    def forward(self, x):
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.weight.to(x.dtype), b)
+
+
+class F32Conv2d(nn.Conv2d):
+    def forward(self, x):
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return self._conv_forward(x, self.weight.to(x.dtype), b)
+
+
+class F32ConvTranspose2d(nn.ConvTranspose2d):
+    def forward(self, x):
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return F.conv_transpose2d(x, self.weight.to(x.dtype), b, self.stride, self.padding,
+                                  self.output_padding, self.groups, self.dilation)
+
+
+def _up2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+
+
+class Upsample2(nn.Module):
+    """Bilinear x2 upsampling with align_corners=True (a module so Sequential indices match)."""
+
+    def forward(self, x):
+        return _up2(x)
+
+
+class ResidualConvUnit(nn.Module):
+    """z + conv2(relu(conv1(relu(z)))), 3x3 convs with bias."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv1 = F32Conv2d(ch, ch, 3, padding=1, bias=True)
+        self.conv2 = F32Conv2d(ch, ch, 3, padding=1, bias=True)
+
+    def forward(self, z):
+        return self.conv2(F.relu(self.conv1(F.relu(z)))) + z
+
+
+class FusionBlock(nn.Module):
+    """DPT refinenet: (a [+ RCU1(b)]) -> RCU2 -> bilinear x2 -> 1x1 conv.
+
+    The deepest block (``with_skip=False``) only ever gets one input; its unused ``resConfUnit1``
+    weights in the checkpoint are dropped at load time.
+    """
+
+    def __init__(self, ch: int, with_skip: bool = True):
+        super().__init__()
+        if with_skip:
+            self.resConfUnit1 = ResidualConvUnit(ch)
+        self.resConfUnit2 = ResidualConvUnit(ch)
+        self.out_conv = F32Conv2d(ch, ch, 1, bias=True)
+
+    def forward(self, a, b=None):
+        out = a if b is None else a + self.resConfUnit1(b)
+        return self.out_conv(_up2(self.resConfUnit2(out)))
+
+
+class DPTScratch(nn.Module):
+    def __init__(self, layer_dims, feature_dim: int):
+        super().__init__()
+        self.layer_rn = nn.ModuleList(F32Conv2d(c, feature_dim, 3, padding=1, bias=False) for c in layer_dims)
+        self.refinenet1 = FusionBlock(feature_dim)
+        self.refinenet2 = FusionBlock(feature_dim)
+        self.refinenet3 = FusionBlock(feature_dim)
+        self.refinenet4 = FusionBlock(feature_dim, with_skip=False)
+
+
+class DPTHead(nn.Module):
+    """DPT branch: 4 hooked token maps -> multi-scale fusion -> [B, 4, H, W] (xyz + conf, raw)."""
+
+    def __init__(self, arch: Mast3rArch):
+        super().__init__()
+        self.hooks = arch.hooks
+        dims = arch.dpt_layer_dims
+        tok = (arch.enc_embed_dim, arch.dec_embed_dim, arch.dec_embed_dim, arch.dec_embed_dim)
+        self.act_postprocess = nn.ModuleList([
+            nn.Sequential(F32Conv2d(tok[0], dims[0], 1), F32ConvTranspose2d(dims[0], dims[0], 4, stride=4)),
+            nn.Sequential(F32Conv2d(tok[1], dims[1], 1), F32ConvTranspose2d(dims[1], dims[1], 2, stride=2)),
+            nn.Sequential(F32Conv2d(tok[2], dims[2], 1)),
+            nn.Sequential(F32Conv2d(tok[3], dims[3], 1), F32Conv2d(dims[3], dims[3], 3, stride=2, padding=1)),
+        ])
+        fd, ld = arch.dpt_feature_dim, arch.dpt_last_dim
+        self.scratch = DPTScratch(dims, fd)
+        self.head = nn.Sequential(
+            F32Conv2d(fd, ld, 3, padding=1), Upsample2(), F32Conv2d(ld, ld, 3, padding=1), nn.ReLU(), F32Conv2d(ld, 4, 1)
+        )
+
+    def forward(self, layers: list[torch.Tensor], hw: tuple[int, int]) -> torch.Tensor:
+        """layers: 4 fp32 token maps [B, N, C_k] (hooks order); hw = token grid (h, w)."""
+        h, w = hw
+        maps = []
+        for k, t in enumerate(layers):
+            x = t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
+            maps.append(self.scratch.layer_rn[k](self.act_postprocess[k](x)))
+        s = self.scratch
+        p4 = s.refinenet4(maps[3])[:, :, : maps[2].shape[2], : maps[2].shape[3]]
+        p3 = s.refinenet3(p4, maps[2])
+        p2 = s.refinenet2(p3, maps[1])
+        p1 = s.refinenet1(p2, maps[0])
+        return self.head(p1)
+
+
+class Mast3rHead(nn.Module):
+    """catmlp+dpt head for one view: returns the post-processed outputs (fp32)."""
+
+    def __init__(self, arch: Mast3rArch):
+        super().__init__()
+        self.arch = arch
+        self.dpt = DPTHead(arch)
+        c = arch.enc_embed_dim + arch.dec_embed_dim
+        self.head_local_features = _LocalMlp(c, 4 * c, arch.local_feat_dim * arch.patch_size**2)
+
+    def forward(self, tokens: list[torch.Tensor], shape: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """tokens: [encoder output, *decoder hooks] each [B, N, C]; shape = image (H, W)."""
+        H, W = shape
+        p = self.arch.patch_size
+        h, w = H // p, W // p
+        tokens = [t.float() for t in tokens]
+        raw_pts = self.dpt(tokens, (h, w))  # [B, 4, H, W]
+        cat = torch.cat((tokens[0], tokens[-1]), dim=-1)  # [B, N, C_enc + C_dec]
+        loc = self.head_local_features(cat)  # [B, N, 25 * p^2]
+        B = loc.shape[0]
+        loc = F.pixel_shuffle(loc.transpose(1, 2).reshape(B, -1, h, w), p)  # [B, 25, H, W]
+        return postprocess(raw_pts, loc, self.arch.desc_dim)
+
+
+class _LocalMlp(nn.Module):
+    def __init__(self, dim, hidden, out):
+        super().__init__()
+        self.fc1 = F32Linear(dim, hidden)
+        self.fc2 = F32Linear(hidden, out)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def postprocess(raw_pts: torch.Tensor, raw_local: torch.Tensor, desc_dim: int) -> dict[str, torch.Tensor]:
+    """raw_pts [B, 4, H, W] (xyz, conf), raw_local [B, desc_dim + 1, H, W] -> output dict (channels last).
+
+    pts3d = r / max(|r|, 1e-8) * expm1(|r|); conf = 1 + exp(c); desc = d / |d| (no epsilon);
+    desc_conf = exp(q).
+    """
+    xyz = raw_pts[:, :3].permute(0, 2, 3, 1)  # [B, H, W, 3]
+    d = xyz.norm(dim=-1, keepdim=True)
+    pts3d = xyz / d.clip(min=1e-8) * torch.expm1(d)
+    conf = 1.0 + raw_pts[:, 3].exp()
+    desc = raw_local[:, :desc_dim].permute(0, 2, 3, 1)
+    desc = desc / desc.norm(dim=-1, keepdim=True)
+    desc_conf = raw_local[:, desc_dim].exp()
+    out = {"pts3d": pts3d, "conf": conf, "desc": desc, "desc_conf": desc_conf}
+    return {k: v.contiguous() for k, v in out.items()}
