@@ -22,7 +22,7 @@ from ..errors import Mast3rSlamError
 from .camera import ViewerCamera
 from .config import ViewerConfig
 from .math3d import se3_matrix
-from .source import Status, ViewerControl, ViewerSource
+from .source import MODES, Status, ViewerControl, ViewerSource
 
 log = logging.getLogger("mast3r_slam.viewer")
 
@@ -44,6 +44,15 @@ def check_dependencies() -> None:
             f"viewer: {', '.join(missing)} not installed; "
             "install with `pip install 'mast3r-slam[viz]'` or run with --no-viz"
         )
+
+
+def mode_name(mode) -> str:
+    """"TRACKING" from "TRACKING", "tracking", a Mode enum member or its integer value."""
+    if hasattr(mode, "name"):
+        return str(mode.name)
+    if isinstance(mode, (int, np.integer)) and 0 <= int(mode) < len(MODES):
+        return MODES[int(mode)]
+    return str(mode).upper()
 
 
 def display_available() -> bool:
@@ -104,6 +113,7 @@ class ViewerApp:
         src, r = self.source, self.renderer
         changed = False
         st = src.status()
+        st.mode = mode_name(st.mode)
         if self._first_poll:
             self.paused = bool(st.paused)
             self._first_poll = False

@@ -148,6 +148,7 @@ class Renderer:
         self._has_mask = False
         self.edges = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool))
         self.stats = UploadStats()
+        self._corners = None  # cached unit-depth frustum corners of the keyframes
         self.last_segment_count = 0
 
     # ---- synchronisation with the source ----------------------------------------------------------
@@ -161,6 +162,7 @@ class Renderer:
         n = int(len(versions))
         changed = False
         for i in [k for k in self.keyframes if k >= n]:
+            self._corners = None
             self.keyframes.pop(i).release()
             self.kf_shapes.pop(i, None)
             self.stats.released += 1
@@ -186,6 +188,7 @@ class Renderer:
                 self.stats.rgb_uploads += 1
             self.stats.keyframe_uploads += 1
             self.kf_shapes[i] = (H, W)
+            self._corners = None
             uploaded.append(i)
             if on_upload is not None:
                 on_upload(i, kf)
@@ -230,17 +233,18 @@ class Renderer:
         return self._current_version
 
     # ---- drawing ---------------------------------------------------------------------------------
-    def _draw_pointmap(self, tex: _FrameTextures, T_WC: np.ndarray, view: np.ndarray, proj: np.ndarray,
-                       opts, *, color_mode: int = 0, mask=None, depth_range=(0.0, 1.0),
-                       depth_bias: float = 0.0) -> None:
-        prog, vao = (self.prog_surfels, self.vao_surfels) if opts.point_mode == "surfel" else (
-            self.prog_points, self.vao_points)
-        stride = int(opts.point_stride)
-        prog["size"].value = (tex.W, tex.H)
-        prog["stride"].value = stride
+    def _program(self, opts):
+        if opts.point_mode == "surfel":
+            return self.prog_surfels, self.vao_surfels
+        return self.prog_points, self.vao_points
+
+    def _setup_pointmaps(self, proj: np.ndarray, opts, *, color_mode: int = 0, mask=None,
+                         depth_range=(0.0, 1.0), depth_bias: float = 0.0):
+        """Uniforms shared by every pointmap of one pass; returns (program, vao)."""
+        prog, vao = self._program(opts)
+        prog["stride"].value = int(opts.point_stride)
         prog["border"].value = int(opts.border)
         prog["conf_threshold"].value = float(opts.conf_threshold)
-        prog["m_modelview"].write(_mat(view @ sim3_matrix(T_WC)))
         prog["m_proj"].write(_mat(proj))
         prog["color_mode"].value = int(color_mode)
         prog["depth_range"].value = tuple(float(x) for x in depth_range)
@@ -252,14 +256,30 @@ class Renderer:
             prog["point_size"].value = float(opts.point_size)
         if "surfel_scale" in prog:
             prog["surfel_scale"].value = float(opts.surfel_scale)
+        (mask if mask is not None else self.no_mask).use(3)
+        self.cmap.use(4)
+        return prog, vao
+
+    def _draw_pointmap(self, prog, vao, tex: _FrameTextures, modelview: np.ndarray, stride: int) -> None:
+        """One attribute-less draw of a pointmap with model-view matrix ``modelview`` [4, 4]."""
+        prog["size"].value = (tex.W, tex.H)
+        prog["m_modelview"].write(_mat(modelview))
         tex.X.use(0)
         tex.C.use(1)
         tex.rgb.use(2)
-        (mask if mask is not None else self.no_mask).use(3)
-        self.cmap.use(4)
         cols = (tex.W + stride - 1) // stride
         rows = (tex.H + stride - 1) // stride
         vao.render(self._mgl.POINTS, vertices=cols * rows)
+
+    def _keyframe_corners(self, n: int) -> np.ndarray:
+        """Frustum corners at unit depth of keyframes 0..n-1 [n, 4, 3], rebuilt only after uploads."""
+        if self._corners is None or len(self._corners) != n:
+            self._corners = np.stack([
+                frustum_corners(*self.kf_shapes.get(i, _DEFAULT_HW), self.keyframes[i].K if i in self.keyframes
+                                else None, 1.0)
+                for i in range(n)
+            ])
+        return self._corners
 
     def line_segments(self, opts) -> tuple[np.ndarray, np.ndarray]:
         """All line geometry of the frame: segments [N, 2, 3] (world) and colours [N, 3]."""
@@ -278,11 +298,7 @@ class Renderer:
             add([[0, 0, 0, 0, L, 0]], (0, 1, 0))
             add([[0, 0, 0, 0, 0, L]], (0, 0, 1))
         if opts.show_keyframe_frustums and n:
-            shapes = [self.kf_shapes.get(i, _DEFAULT_HW) for i in range(n)]
-            corners = np.stack([
-                frustum_corners(h, w, self.keyframes[i].K if i in self.keyframes else None, opts.frustum_scale)
-                for i, (h, w) in enumerate(shapes)
-            ])
+            corners = self._keyframe_corners(n) * opts.frustum_scale
             add(frustum_segments(se3_matrix(self.poses), corners), opts.keyframe_frustum_color)
         if opts.show_edges and n:
             ii, jj, loop = self.edges
@@ -329,18 +345,22 @@ class Renderer:
         """Draw the scene into the bound framebuffer (already cleared) of ``size`` = (W, H) pixels."""
         ctx = self.ctx
         ctx.enable_only(self._mgl.DEPTH_TEST | self._mgl.PROGRAM_POINT_SIZE)
-        if opts.show_keyframe_points:
-            n = len(self.poses)
+        stride = int(opts.point_stride)
+        n = len(self.poses)
+        if opts.show_keyframe_points and n and self.keyframes:
+            prog, vao = self._setup_pointmaps(proj, opts)
+            modelviews = view @ sim3_matrix(self.poses)  # [n, 4, 4], Sim(3) scale included
             for i, tex in self.keyframes.items():
                 if i < n:
-                    self._draw_pointmap(tex, self.poses[i], view, proj, opts)
+                    self._draw_pointmap(prog, vao, tex, modelviews[i], stride)
         if opts.show_current_points and self.current is not None and self.current_pose is not None:
-            self._draw_pointmap(
-                self.current, self.current_pose, view, proj, opts,
+            prog, vao = self._setup_pointmaps(
+                proj, opts,
                 color_mode=1 if opts.current_points_color == "depth" else 0,
                 mask=self.current_mask if (opts.show_dynamic_mask and self._has_mask) else None,
                 depth_range=self.current_depth_range, depth_bias=CURRENT_DEPTH_BIAS,
             )
+            self._draw_pointmap(prog, vao, self.current, view @ sim3_matrix(self.current_pose), stride)
         self._draw_lines(view, proj, size, opts)
 
     def release(self) -> None:

@@ -61,7 +61,7 @@ class CurrentData:
 class Status:
     """Run state shown in the GUI."""
 
-    mode: str = "INIT"  # one of MODES
+    mode: str = "INIT"  # one of MODES (a Mode enum member or its value is accepted too)
     frame: int = 0  # index of the latest processed frame
     n_frames: int | None = None  # sequence length, None for live sources
     fps: float = 0.0  # SLAM frames per second

@@ -210,3 +210,10 @@ def test_overlay_mask_blends_only_masked_pixels():
     assert out[1, 2].tolist() == [178, 50, 50]
     assert (out[~m] == 100).all()
     assert np.array_equal(overlay_mask(rgb, None, (1, 0, 0)), rgb)
+
+
+def test_mode_names_accept_enum_int_and_str():
+    from mast3r_slam.frame import Mode
+    from mast3r_slam.viewer.app import mode_name
+
+    assert [mode_name(m) for m in (Mode.RELOC, 3, "tracking", "INIT")] == ["RELOC", "TERMINATED", "TRACKING", "INIT"]
