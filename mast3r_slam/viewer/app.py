@@ -217,6 +217,7 @@ class ViewerApp:
             self._save_screenshots(self._read(color, size))
         self.ctx.copy_framebuffer(target, color)
         target.use()
+        target.viewport = (0, 0, *size)
         if self.gui is not None and o.show_gui and (not self.window.headless or o.headless_gui):
             self.ctx.enable_only(0)
             self.gui.draw(dt)

@@ -1,0 +1,7 @@
+"""Make the helper module importable whatever pytest's import mode is."""
+import sys
+from pathlib import Path
+
+_here = str(Path(__file__).parent)
+if _here not in sys.path:
+    sys.path.insert(0, _here)
