@@ -124,6 +124,8 @@ def load_dataset(
             raise DatasetError(f"{spec_str}: no such file or folder")
     cls = dataset_class(name)
     ds = cls(spec_str)
+    if not ds.name:  # e.g. --dataset .
+        ds.name = Path(spec_str).resolve().name or "sequence"
 
     calib = None
     if calib_path is not None:

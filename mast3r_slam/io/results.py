@@ -85,6 +85,15 @@ class MapKeyframe:
             K=frame.K,
         )
 
+    def pose(self) -> np.ndarray:
+        """T_WC as a float64 [8] Sim(3) (an SE(3) [7] gets scale 1)."""
+        T = _np(self.T_WC, np.float64).reshape(-1)
+        if T.size == 7:
+            T = np.concatenate([T, [1.0]])
+        if T.size != 8:
+            raise ValueError(f"MapKeyframe {self.timestamp}: T_WC must be a Sim(3) [8] (or SE(3) [7]), got {T.size} values")
+        return T
+
     def arrays(self) -> dict[str, np.ndarray]:
         """Normalised numpy arrays: rgb [H,W,3] uint8, X [H,W,3] f32, C [H,W] f32, T [8] f64, K [3,3] or None."""
         rgb = _np(self.rgb)
@@ -93,11 +102,7 @@ class MapKeyframe:
         H, W = rgb.shape[:2]
         X = _np(self.X_canon, np.float32).reshape(H, W, 3)
         C = _np(self.C_avg, np.float32).reshape(H, W)
-        T = _np(self.T_WC, np.float64).reshape(-1)
-        if T.size == 7:
-            T = np.concatenate([T, [1.0]])
-        if T.size != 8:
-            raise ValueError(f"MapKeyframe {self.timestamp}: T_WC must be a Sim(3) [8] (or SE(3) [7]), got {T.size} values")
+        T = self.pose()
         K = None if self.K is None else _np(self.K, np.float64).reshape(3, 3)
         return {"rgb": rgb, "X": X, "C": C, "T": T, "K": K}
 
@@ -118,23 +123,28 @@ def _constrain_to_rays(X: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
 
 
 def map_points(
-    keyframes: Sequence[MapKeyframe], c_thresh: float = DEFAULT_C_THRESH
+    keyframes: Sequence[MapKeyframe], c_thresh: float = DEFAULT_C_THRESH, batch: int = 32
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """World points of all keyframes with average confidence > ``c_thresh``.
 
     Each canonical pointmap (constrained to its pixel rays when the keyframe has K) is mapped by
     its full Sim(3) T_WC. Returns (xyz [P, 3] float32, rgb [P, 3] uint8, confidence [P] float32),
-    keyframes in order, pixels row-major. Batched over keyframes of equal size.
+    keyframes in order, pixels row-major. Vectorised over batches of up to ``batch`` keyframes
+    of equal size (bounded memory for long runs).
     """
-    arrs = [kf.arrays() for kf in keyframes]
     out_xyz, out_rgb, out_c = [], [], []
     i = 0
-    while i < len(arrs):  # runs of keyframes with the same size and K presence -> one batch
+    while i < len(keyframes):  # runs of keyframes with the same size and K presence -> one batch
+        first = keyframes[i].arrays()
+        group = [first]
+        key = (first["X"].shape, first["K"] is None)
         j = i + 1
-        key = (arrs[i]["X"].shape, arrs[i]["K"] is None)
-        while j < len(arrs) and (arrs[j]["X"].shape, arrs[j]["K"] is None) == key:
+        while j < len(keyframes) and j - i < batch:
+            a = keyframes[j].arrays()
+            if (a["X"].shape, a["K"] is None) != key:
+                break
+            group.append(a)
             j += 1
-        group = arrs[i:j]
         X = torch.from_numpy(np.stack([a["X"] for a in group]))  # [B, H, W, 3]
         if not key[1]:
             X = _constrain_to_rays(X, torch.from_numpy(np.stack([a["K"] for a in group])).float())
@@ -234,13 +244,12 @@ class ResultsWriter:
             xyz, rgb = xyz[sel], rgb[sel]
         frustums = None
         if keyframes:
-            arrs = [kf.arrays() for kf in keyframes]
-            T = np.stack([a["T"] for a in arrs])
-            H, W = arrs[0]["rgb"].shape[:2]
+            T = np.stack([kf.pose() for kf in keyframes])
+            H, W = _np(keyframes[0].rgb).shape[:2]
             if frustum_size is None:
                 ext = np.ptp(xyz, axis=0).max() if len(xyz) else np.ptp(T[:, :3], axis=0).max()
                 frustum_size = float(0.05 * ext) if ext > 0 else 0.05
-            Ks = [a["K"] for a in arrs]
+            Ks = [None if kf.K is None else _np(kf.K, np.float64).reshape(3, 3) for kf in keyframes]
             K = np.stack(Ks) if all(k is not None for k in Ks) else None
             frustums = frustum_vertices(T, K, (W, H), frustum_size)
         p = self.path("scene.glb")
@@ -310,7 +319,7 @@ class ResultsWriter:
         if frame_timestamps is not None and frame_T_WC is not None:
             jobs.append(("trajectory", lambda: self.write_trajectory(frame_timestamps, frame_T_WC)))
         if keyframes is not None:
-            kf_T = np.stack([k.arrays()["T"] for k in keyframes]) if keyframes else np.zeros((0, 8))
+            kf_T = np.stack([k.pose() for k in keyframes]) if keyframes else np.zeros((0, 8))
             jobs.append(("keyframe trajectory", lambda: self.write_keyframe_trajectory([k.timestamp for k in keyframes], kf_T)))
             jobs.append(("map.ply", lambda: self.write_ply(keyframes, c_thresh)))
             jobs.append(("scene.glb", lambda: self.write_glb(keyframes, c_thresh)))

@@ -128,6 +128,12 @@ def test_map_points_calibrated_rays_and_mixed_sizes():
     small = _keyframe("1", [0, 0, 0, 0, 0, 0, 1, 1], H=4, W=4)
     xyz, _, _ = map_points([kf, small, kf], c_thresh=1.5)
     assert len(xyz) == 40 + 12 + 40
+    # batching (bounded memory) does not change the result
+    kfs = [_keyframe(str(i), [i, 0, 0, 0, 0, 0, 1, 1 + i], seed=i) for i in range(5)] + [small]
+    a, b = map_points(kfs, batch=2), map_points(kfs, batch=32)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert len(a[0]) == 5 * 40 + 12
 
 
 def test_results_writer_all_parts(tmp_path):
