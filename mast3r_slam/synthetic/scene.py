@@ -8,6 +8,8 @@ returned ray parameter ``t`` is directly the z-depth of the hit.
 """
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -254,6 +256,19 @@ def _periodic_detail(rng: np.random.Generator, size: int = 256) -> np.ndarray:
 
 
 def build_room(seed: int = 0, near_objects: bool = True) -> Scene:
+    """A fresh copy of the room (textures are shared and cached per process; see ``_build_room``)."""
+    base = _build_room(int(seed), bool(near_objects))
+    return Scene(
+        materials=list(base.materials),
+        prims=[copy.copy(p) for p in base.prims],
+        lights=base.lights.copy(),
+        ambient=base.ambient,
+        detail=base.detail,
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _build_room(seed: int, near_objects: bool) -> Scene:
     """The furnished 8 x 6 x 2.8 m room shared by every sequence (textures depend on ``seed``).
 
     ``near_objects`` adds a standing lamp and a plant close to the camera path (depths down to

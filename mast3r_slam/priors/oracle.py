@@ -1,0 +1,537 @@
+"""The ground-truth prior: a stand-in for the MASt3R network built from depth and poses.
+
+**This is not the network.** It exists so that the whole SLAM system can run and be tested
+without the MASt3R weights (which cannot be downloaded here): pointmaps come from a sequence's
+depth maps and ground-truth poses (synthetic sequences, or real RGB-D such as TUM), corrupted by
+an error model that imitates the network's typical errors. Every log line and output of a run
+using it says so (``is_stand_in = True``; :attr:`OraclePrior.description`).
+
+Conventions are those of :mod:`mast3r_slam.priors.base`: for a decode of the ordered pair
+(i, j) both pointmaps are in camera i (``X_ii``, ``X_ji``), ``C = 1 + e^x >= 1``, unit 24-d
+descriptors ``D``, ``Q = e^x > 0``, everything flattened row-major ``[HW, c]``.
+
+How a decode (i, j) is made (all pairs of a batch at once, no loop over pairs):
+
+1. per frame (computed once, cached in a bounded LRU): the dataset depth resampled to the
+   network image (same resize / crop as :func:`mast3r_slam.image.prepare_image`), holes
+   inpainted (push-pull), back-projected with the true network-resolution intrinsics
+   -> ``X_true``; the frame's own prediction ``X_f`` = ``X_true`` smoothed across depth edges
+   (as a network blurs them), times a smooth + per-pixel multiplicative depth noise, with a
+   small focal-length error; base confidences (low at depth edges, holes and far away),
+   descriptors and Q from the image (:mod:`.oracle_features`);
+2. per decode: a metric scale ``s`` (log-normal), ``X_ii = s X_f(i)``;
+   ``X_ji = s dT T_ij X_f(j)`` with the ground-truth relative pose ``T_ij`` perturbed by
+   ``dT`` (rotation, translation), extra error and lower C / Q on pixels of j not visible in
+   i (occluded, out of view, or moved: moving objects are simply at their own frame's time);
+   pairs with little overlap degrade (lower C / Q, larger pose error), as the network's do.
+
+Noise depends only on (seed, frame ids): the same pair decoded twice gives identical outputs
+and a frame's own pointmap is the same in every decode up to that decode's scale.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DatasetError
+from ..frame import Frame
+from ..image import resize_crop_shape
+from . import oracle_features as feats
+from .base import Prediction, Prior
+
+log = logging.getLogger(__name__)
+
+STAND_IN_NOTE = "ground-truth prior (not the network)"
+
+
+@dataclass
+class OracleErrorModel:
+    """Errors the stand-in adds to ground truth (defaults imitate MASt3R; docs/SYNTHETIC.md)."""
+
+    # --- geometry ---------------------------------------------------------------------------
+    scale_sigma: float = 0.03  # log-normal std of each decode's metric scale (~3 %)
+    rot_sigma_deg: float = 0.5  # RMS rotation error of the relative pose used for X_ji
+    trans_sigma: float = 0.01  # RMS translation error of that pose, fraction of view 1's median depth
+    depth_smooth_sigma: float = 0.015  # smooth multiplicative depth error (std)
+    depth_smooth_cells: float = 5.0  # its correlation length: about image width / cells
+    depth_pixel_sigma: float = 0.003  # per-pixel multiplicative depth noise (std)
+    focal_sigma: float = 0.01  # relative error of each frame's implied focal length
+    edge_smooth_px: float = 1.0  # Gaussian smoothing across depth edges (pixels; 0 = off)
+    occlusion_sigma: float = 0.05  # extra smooth depth error on pixels of j not seen by i
+    low_overlap: float = 0.3  # co-visible fraction below which a pair degrades
+    low_overlap_pose_gain: float = 10.0  # pose error multiplier at zero overlap (1 + gain)
+    # --- confidences (C = 1 + c, Q = q) --------------------------------------------------------
+    edge_thresh: float = 0.08  # relative depth jump between neighbours that counts as an edge
+    conf_max: float = 12.0  # c on well-observed pixels (C ~ 8..20 with the spread)
+    conf_spread: float = 0.25  # log-std of a smooth per-frame confidence field
+    conf_far: float = 6.0  # depth (m) at which c halves
+    conf_edge: float = 0.08  # factor on c at depth edges
+    conf_hole: float = 0.05  # factor on c where the depth map had no value (inpainted)
+    conf_cross: float = 0.75  # factor on c of the cross-view pointmap X_ji
+    conf_occluded: float = 0.15  # factor on c of X_ji where j's pixel is not visible in i
+    conf_occluded_self: float = 0.6  # factor on c of X_ii where i's pixel is not visible in j
+    desc_conf_max: float = 12.0  # q on strongly textured pixels
+    desc_conf_contrast: float = 0.015  # local contrast (grey std, [0,1] units) at which q = max / 2
+    desc_conf_edge: float = 0.5  # factor on q at depth edges
+    desc_conf_occluded: float = 0.12  # factor on q where the pixel is not visible in the other view
+    min_pair_factor: float = 0.2  # lowest global factor on c and q of a non-overlapping pair
+    visibility_tol: float = 0.05  # relative depth agreement for "visible in the other view"
+
+    @classmethod
+    def exact(cls) -> "OracleErrorModel":
+        """Geometry without any error (confidences are still modelled): X equals ground truth."""
+        return cls(
+            scale_sigma=0.0,
+            rot_sigma_deg=0.0,
+            trans_sigma=0.0,
+            depth_smooth_sigma=0.0,
+            depth_pixel_sigma=0.0,
+            focal_sigma=0.0,
+            edge_smooth_px=0.0,
+            occlusion_sigma=0.0,
+        )
+
+    def summary(self) -> str:
+        return (
+            f"scale {100 * self.scale_sigma:.1f}%, rot {self.rot_sigma_deg:.2f} deg, trans {100 * self.trans_sigma:.1f}% "
+            f"of depth, depth {100 * self.depth_smooth_sigma:.1f}% smooth + {100 * self.depth_pixel_sigma:.1f}% pixel"
+        )
+
+
+@dataclass
+class _FrameData:
+    H: int
+    W: int
+    X_true: torch.Tensor  # [HW, 3] ground-truth points (holes inpainted), camera frame
+    X_pred: torch.Tensor  # [HW, 3] the frame's own prediction (noisy, edge-smoothed)
+    z_true: torch.Tensor  # [HW]
+    c_base: torch.Tensor  # [HW] confidence c (C = 1 + c) before pair factors
+    q_base: torch.Tensor  # [HW] descriptor confidence before pair factors
+    D: torch.Tensor  # [HW, 24]
+    occ_noise: torch.Tensor  # [HW] smooth unit noise used for occluded pixels
+    K: torch.Tensor  # [3, 3] true intrinsics at network resolution
+    T_WC: torch.Tensor  # [4, 4] float64 ground-truth camera-to-world
+    median_depth: float
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def pose7_to_matrix(p: np.ndarray) -> np.ndarray:
+    """[7] t + q_xyzw -> [4, 4] (float64)."""
+    t, q = np.asarray(p[:3], float), np.asarray(p[3:7], float)
+    x, y, z, w = q / np.linalg.norm(q)
+    R = np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, t
+    return T
+
+
+def _smooth_noise(rng: np.random.Generator, H: int, W: int, cells: float) -> np.ndarray:
+    """Smooth zero-mean unit-std noise field [H, W] with about ``cells`` blobs across."""
+    n = max(float(cells), 1.0)
+    gh, gw = max(int(math.ceil(n * H / max(H, W))) + 2, 3), max(int(math.ceil(n + 2)), 3)
+    grid = rng.standard_normal((gh, gw)).astype(np.float32)
+    f = cv2.resize(grid, (W, H), interpolation=cv2.INTER_CUBIC)
+    return (f - f.mean()) / (f.std() + 1e-6)
+
+
+def _push_pull_fill(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Fill invalid pixels of [H, W] by a weighted image pyramid (push-pull) inpainting."""
+    if valid.all():
+        return values
+    if not valid.any():
+        return np.full_like(values, np.nan)
+    levels = [(np.where(valid, values, 0).astype(np.float32), valid.astype(np.float32))]
+    while min(levels[-1][0].shape) > 1 and levels[-1][1].min() == 0:
+        v, w = levels[-1]
+        h2, w2 = max(v.shape[0] // 2, 1), max(v.shape[1] // 2, 1)
+        vs = cv2.resize(v, (w2, h2), interpolation=cv2.INTER_AREA)
+        ws = cv2.resize(w, (w2, h2), interpolation=cv2.INTER_AREA)
+        levels.append((vs, ws))
+    v, w = levels[-1]
+    filled = np.where(w > 0, v / np.maximum(w, 1e-12), (v.sum() / max(w.sum(), 1e-12)))
+    for v, w in reversed(levels[:-1]):
+        up = cv2.resize(filled, (v.shape[1], v.shape[0]), interpolation=cv2.INTER_LINEAR)
+        cur = v / np.maximum(w, 1e-12)
+        a = np.clip(w, 0, 1)
+        filled = a * cur + (1 - a) * up
+    return np.where(valid, values, filled).astype(values.dtype)
+
+
+def _so3_exp(w: torch.Tensor) -> torch.Tensor:
+    """Rotation vectors [B, 3] -> matrices [B, 3, 3] (Rodrigues)."""
+    th = w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    k = w / th
+    K = torch.zeros(w.shape[0], 3, 3, dtype=w.dtype, device=w.device)
+    K[:, 0, 1], K[:, 0, 2], K[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
+    K = K - K.transpose(1, 2)
+    s, c = torch.sin(th)[..., None], torch.cos(th)[..., None]
+    return torch.eye(3, dtype=w.dtype, device=w.device) + s * K + (1 - c) * (K @ K)
+
+
+# ----------------------------------------------------------------------------------------------
+# the prior
+# ----------------------------------------------------------------------------------------------
+class OraclePrior(Prior):
+    """Ground-truth stand-in for the network (see the module docstring).
+
+    dataset: a :class:`~mast3r_slam.datasets.base.Dataset` whose samples have depth and
+    ground-truth poses; frames are looked up by ``frame.frame_id``. img_size: the network input
+    size used to prepare frames (``dataset.img_size`` of the config). Picklable: the per-frame
+    cache is dropped and rebuilt lazily in the receiving process.
+    """
+
+    name = "oracle"
+    is_stand_in = True
+    desc_dim = feats.DESC_DIM
+
+    def __init__(
+        self,
+        dataset,
+        error_model: OracleErrorModel | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        img_size: int = 512,
+        cache_size: int = 48,
+    ):
+        self.dataset = dataset
+        self.error_model = error_model if error_model is not None else OracleErrorModel()
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.img_size = int(img_size)
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict = OrderedDict()
+        self._size_cache: dict = {}
+
+    # ---- identity ----------------------------------------------------------------------------
+    @property
+    def description(self) -> str:
+        src = getattr(self.dataset, "name", "dataset")
+        return f"oracle: {STAND_IN_NOTE} from the depth and poses of {src}; error model: {self.error_model.summary()}"
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_cache"] = OrderedDict()
+        d["_size_cache"] = {}
+        d["device"] = str(self.device)
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self.device = torch.device(d["device"])
+
+    # ---- per frame -------------------------------------------------------------------------
+    def encode(self, frame: Frame) -> None:
+        """The stand-in has no encoder: ``feat`` holds the frame id ([1, 1, 1]), ``pos`` zeros."""
+        if frame.feat is None:
+            frame.feat = torch.full((1, 1, 1), float(frame.frame_id), device=frame.device)
+            frame.pos = torch.zeros((1, 1, 2), dtype=torch.int64, device=frame.device)
+
+    def mono(self, frame: Frame) -> tuple[torch.Tensor, torch.Tensor]:
+        p1, _ = self._decode([frame], [frame])
+        return p1.X[0], p1.C[0]
+
+    def asymmetric(self, frame_i: Frame, frame_j: Frame) -> tuple[Prediction, Prediction]:
+        p1, p2 = self._decode([frame_i], [frame_j])
+        return p1[0], p2[0]
+
+    def symmetric(self, frames_i: Sequence[Frame], frames_j: Sequence[Frame]) -> Prediction:
+        frames_i, frames_j = list(frames_i), list(frames_j)
+        if len(frames_i) != len(frames_j):
+            raise ValueError(f"symmetric: {len(frames_i)} frames_i but {len(frames_j)} frames_j")
+        B = len(frames_i)
+        p1, p2 = self._decode(frames_i + frames_j, frames_j + frames_i)
+        # decode (i, j) -> ii, ji ; decode (j, i) -> jj, ij
+        X = torch.stack([p1.X[:B], p2.X[:B], p1.X[B:], p2.X[B:]])
+        C = torch.stack([p1.C[:B], p2.C[:B], p1.C[B:], p2.C[B:]])
+        D = torch.stack([p1.D[:B], p2.D[:B], p1.D[B:], p2.D[B:]])
+        Q = torch.stack([p1.Q[:B], p2.Q[:B], p1.Q[B:], p2.Q[B:]])
+        return Prediction(X, C, D, Q)
+
+    def retrieval_features(self, frame: Frame) -> torch.Tensor:
+        img = frame.uimg.detach().cpu().numpy() if isinstance(frame.uimg, torch.Tensor) else np.asarray(frame.uimg)
+        if img.dtype == np.uint8:
+            img = img.astype(np.float32) / 255.0
+        return torch.from_numpy(feats.retrieval_features(img)).to(self.device)
+
+    def retrieval_codebook(self) -> torch.Tensor:
+        return torch.from_numpy(feats.retrieval_codebook()).to(self.device)
+
+    # ---- internals ---------------------------------------------------------------------------
+    def frame_data(self, frame: Frame) -> _FrameData:
+        """Cached per-frame data (public for tests)."""
+        key = (int(frame.frame_id), int(frame.H), int(frame.W))
+        fd = self._cache.get(key)
+        if fd is not None:
+            self._cache.move_to_end(key)
+            return fd
+        fd = self._make_frame_data(frame)
+        self._cache[key] = fd
+        while len(self._cache) > max(self.cache_size, 2):
+            self._cache.popitem(last=False)
+        return fd
+
+    def _network_geometry(self, w: int, h: int, H: int, W: int) -> tuple[int, int, int, int]:
+        """(new_w, new_h, left, top) of the resize + crop that maps a w x h image to W x H."""
+        key = (w, h, H, W)
+        if key in self._size_cache:
+            return self._size_cache[key]
+        cands = [self.img_size] + [s for k in range(1, 2048) for s in (self.img_size - k, self.img_size + k) if s >= 16]
+        for s in cands:
+            (nw, nh), (l, t, r, b) = resize_crop_shape(w, h, s)
+            if (b - t, r - l) == (H, W):
+                if s != self.img_size:
+                    log.warning("oracle: frames are %dx%d, which img_size %d does not give; using %d", W, H, self.img_size, s)
+                self._size_cache[key] = (nw, nh, l, t)
+                return self._size_cache[key]
+        raise DatasetError(f"oracle prior: no network image size maps {w}x{h} frames of {self.dataset.path} to {W}x{H}")
+
+    def _make_frame_data(self, frame: Frame) -> _FrameData:
+        em = self.error_model
+        fid = int(frame.frame_id)
+        if not 0 <= fid < len(self.dataset):
+            raise DatasetError(f"oracle prior: frame {fid} is outside {self.dataset.path} ({len(self.dataset)} frames)")
+        s = self.dataset[fid]
+        if s.depth is None or s.T_WC_gt is None:
+            what = "depth" if s.depth is None else "a ground-truth pose"
+            raise DatasetError(
+                f"--prior oracle: frame {fid} of {self.dataset.path} has no {what}; the ground-truth prior needs "
+                "depth and poses (synthetic:<name> or TUM RGB-D)"
+            )
+        K_raw = self.dataset.K
+        if K_raw is None:
+            raise DatasetError(f"--prior oracle: {self.dataset.path} has no intrinsics; the ground-truth prior needs them")
+        h, w = s.depth.shape
+        H, W = frame.H, frame.W
+        nw, nh, left, top = self._network_geometry(w, h, H, W)
+        sw, sh = w / nw, h / nh
+        # true intrinsics of the network image (pixel centres: x_raw = (u + left + 0.5) sw - 0.5)
+        fx, fy = K_raw[0, 0] / sw, K_raw[1, 1] / sh
+        cx, cy = (K_raw[0, 2] + 0.5) / sw - 0.5 - left, (K_raw[1, 2] + 0.5) / sh - 0.5 - top
+        v, u = np.mgrid[0:H, 0:W].astype(np.float32)
+        xr = (u + left + 0.5) * sw - 0.5
+        yr = (v + top + 0.5) * sh - 0.5
+        z, valid = self._sample_depth(np.asarray(s.depth, np.float32), xr, yr)
+        if valid.any():
+            zf = np.exp(_push_pull_fill(np.log(np.where(valid, z, 1.0)), valid))
+        else:  # no depth at all (lens covered): a flat wall at 1 m, very low confidence
+            zf = np.ones_like(z)
+        rng = np.random.default_rng([self.seed, fid, 0x0FAC1E])
+        # depth edges (from the filled depth) and their soft mask
+        lz = np.log(zf)
+        jump = np.zeros_like(lz)
+        jump[:, 1:] = np.maximum(jump[:, 1:], np.abs(lz[:, 1:] - lz[:, :-1]))
+        jump[:, :-1] = np.maximum(jump[:, :-1], np.abs(lz[:, 1:] - lz[:, :-1]))
+        jump[1:] = np.maximum(jump[1:], np.abs(lz[1:] - lz[:-1]))
+        jump[:-1] = np.maximum(jump[:-1], np.abs(lz[1:] - lz[:-1]))
+        edge = (jump > math.log1p(em.edge_thresh)).astype(np.float32)
+        edge_soft = np.clip(cv2.GaussianBlur(cv2.dilate(edge, np.ones((3, 3), np.uint8)), (0, 0), 0.8), 0, 1)
+        # the frame's own prediction: smoothed across edges, noisy depth, focal error
+        lzp = lz
+        if em.edge_smooth_px > 0:
+            blurred = cv2.GaussianBlur(lz, (0, 0), em.edge_smooth_px, borderType=cv2.BORDER_REFLECT)
+            near = cv2.dilate(edge, np.ones((5, 5), np.uint8)) > 0
+            lzp = np.where(near, blurred, lz)
+        noise_s = _smooth_noise(rng, H, W, em.depth_smooth_cells)
+        noise_p = rng.standard_normal((H, W)).astype(np.float32)
+        zp = np.exp(lzp + em.depth_smooth_sigma * noise_s + em.depth_pixel_sigma * noise_p)
+        focal = 1.0 + em.focal_sigma * float(rng.standard_normal())
+        xn, yn = (u - cx) / fx, (v - cy) / fy
+        X_true = np.stack([xn * zf, yn * zf, zf], -1).reshape(-1, 3)
+        X_pred = np.stack([xn * zp / focal, yn * zp / focal, zp], -1).reshape(-1, 3)
+        # confidences
+        field = _smooth_noise(rng, H, W, 3.0)
+        hole = np.clip(cv2.GaussianBlur((~valid).astype(np.float32), (0, 0), 1.0), 0, 1) if not valid.all() else 0.0
+        c = em.conf_max * np.exp(em.conf_spread * field) / (1 + (zf / em.conf_far) ** 2)
+        c = c * (1 - (1 - em.conf_edge) * edge_soft) * (1 - (1 - em.conf_hole) * hole)
+        img = frame.uimg.detach().cpu().float() if isinstance(frame.uimg, torch.Tensor) else torch.as_tensor(frame.uimg).float()
+        if img.max() > 1.5:
+            img = img / 255.0
+        D, contrast = feats.local_descriptors(img.to(self.device))
+        contrast = contrast.cpu().numpy()
+        q = em.desc_conf_max * contrast / (contrast + em.desc_conf_contrast)
+        q = q * (1 - (1 - em.desc_conf_edge) * edge_soft) + 1e-3
+        occ_noise = _smooth_noise(rng, H, W, 4.0)
+        T = pose7_to_matrix(s.T_WC_gt)
+        dev = self.device
+        return _FrameData(
+            H=H,
+            W=W,
+            X_true=torch.from_numpy(X_true.astype(np.float32)).to(dev),
+            X_pred=torch.from_numpy(X_pred.astype(np.float32)).to(dev),
+            z_true=torch.from_numpy(zf.reshape(-1).astype(np.float32)).to(dev),
+            c_base=torch.from_numpy(np.asarray(c, np.float32).reshape(-1)).to(dev),
+            q_base=torch.from_numpy(np.asarray(q, np.float32).reshape(-1)).to(dev),
+            D=D.reshape(-1, D.shape[-1]).to(dev),
+            occ_noise=torch.from_numpy(occ_noise.reshape(-1)).to(dev),
+            K=torch.tensor([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=torch.float32, device=dev),
+            T_WC=torch.from_numpy(T).to(dev),
+            median_depth=float(np.median(zf)),
+        )
+
+    @staticmethod
+    def _sample_depth(depth: np.ndarray, xr: np.ndarray, yr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Depth at raw coordinates: bilinear where the 4 neighbours agree (within 3 %), nearest
+        otherwise (no mixing across edges); valid where the used samples are all > 0."""
+        h, w = depth.shape
+        x0 = np.clip(np.floor(xr).astype(np.int64), 0, w - 1)
+        y0 = np.clip(np.floor(yr).astype(np.int64), 0, h - 1)
+        x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+        fx = np.clip(xr - x0, 0, 1).astype(np.float32)
+        fy = np.clip(yr - y0, 0, 1).astype(np.float32)
+        d00, d01, d10, d11 = depth[y0, x0], depth[y0, x1], depth[y1, x0], depth[y1, x1]
+        nb = np.stack([d00, d01, d10, d11])
+        lo, hi = nb.min(0), nb.max(0)
+        smooth = (lo > 0) & (hi <= lo * 1.03)
+        bil = (d00 * (1 - fx) + d01 * fx) * (1 - fy) + (d10 * (1 - fx) + d11 * fx) * fy
+        xn = np.where(fx < 0.5, x0, x1)
+        yn = np.where(fy < 0.5, y0, y1)
+        near = depth[yn, xn]
+        z = np.where(smooth, bil, near)
+        return z, z > 0
+
+    def _decode(self, frames_1: list[Frame], frames_2: list[Frame]) -> tuple[Prediction, Prediction]:
+        """Batched decode of pairs (frames_1[b], frames_2[b]): view-1 and view-2 outputs [B, HW, c]."""
+        em = self.error_model
+        f1 = [self.frame_data(f) for f in frames_1]
+        f2 = [self.frame_data(f) for f in frames_2]
+        B = len(f1)
+        if B == 0:
+            raise ValueError("oracle prior: empty batch")
+        H, W = f1[0].H, f1[0].W
+        if any((d.H, d.W) != (H, W) for d in f1 + f2):
+            raise ValueError("oracle prior: all frames of a batch must have the same size")
+        dev = self.device
+        X1p = torch.stack([d.X_pred for d in f1])
+        X2p = torch.stack([d.X_pred for d in f2])
+        X1t = torch.stack([d.X_true for d in f1])
+        X2t = torch.stack([d.X_true for d in f2])
+        z1 = torch.stack([d.z_true for d in f1])
+        z2 = torch.stack([d.z_true for d in f2])
+        K1 = torch.stack([d.K for d in f1])
+        K2 = torch.stack([d.K for d in f2])
+        T1 = torch.stack([d.T_WC for d in f1])
+        T2 = torch.stack([d.T_WC for d in f2])
+        T12 = torch.linalg.inv(T1) @ T2  # camera 2 -> camera 1 (float64)
+        T21 = torch.linalg.inv(T12)
+        R12, t12 = T12[:, :3, :3].float(), T12[:, :3, 3].float()
+        R21, t21 = T21[:, :3, :3].float(), T21[:, :3, 3].float()
+
+        # visibility of view-2 pixels in view 1 and of view-1 pixels in view 2 (ground truth)
+        P21 = X2t @ R12.transpose(1, 2) + t12[:, None]  # [B, HW, 3] view-2 points in camera 1
+        vis2 = self._visible(P21, K1, z1, H, W)
+        P12 = X1t @ R21.transpose(1, 2) + t21[:, None]
+        vis1 = self._visible(P12, K2, z2, H, W)
+        overlap = vis2.float().mean(1)  # [B]
+        a = (overlap / max(em.low_overlap, 1e-6)).clamp(0, 1)
+        g = em.min_pair_factor + (1 - em.min_pair_factor) * a  # global factor on c and q
+        gain = 1 + em.low_overlap_pose_gain * (1 - a)
+
+        # per-decode random numbers from (seed, id1, id2)
+        ids = np.array([[self.seed, int(a_.frame_id), int(b_.frame_id), 0xDEC0DE] for a_, b_ in zip(frames_1, frames_2)])
+        n = torch.from_numpy(feats.hash_normal(ids, 7)).to(dev)  # [B, 7] float64
+        scale = torch.exp(em.scale_sigma * n[:, 0]).float()
+        med = torch.tensor([d.median_depth for d in f1], dtype=torch.float64, device=dev)
+        rot = math.radians(em.rot_sigma_deg) / math.sqrt(3) * n[:, 1:4] * gain.double()[:, None]
+        dt = (em.trans_sigma / math.sqrt(3)) * n[:, 4:7] * (med * gain.double())[:, None]
+        dR = _so3_exp(rot).float() if em.rot_sigma_deg > 0 else torch.eye(3, device=dev).expand(B, 3, 3)
+        Rp = dR @ R12
+        tp = (dR @ t12[..., None])[..., 0] + dt.float()
+
+        X2 = X2p @ Rp.transpose(1, 2) + tp[:, None]
+        if em.occlusion_sigma > 0:
+            occ = torch.stack([d.occ_noise for d in f2])
+            X2 = torch.where(vis2[..., None], X2, X2 * torch.exp(em.occlusion_sigma * occ)[..., None])
+        X1 = X1p * scale[:, None, None]
+        X2 = X2 * scale[:, None, None]
+
+        c1 = torch.stack([d.c_base for d in f1]) * torch.where(vis1, 1.0, em.conf_occluded_self)
+        c2 = torch.stack([d.c_base for d in f2]) * em.conf_cross * torch.where(vis2, 1.0, em.conf_occluded)
+        q1 = torch.stack([d.q_base for d in f1]) * torch.where(vis1, 1.0, em.desc_conf_occluded)
+        q2 = torch.stack([d.q_base for d in f2]) * torch.where(vis2, 1.0, em.desc_conf_occluded)
+        gg = g[:, None].float()
+        C1, C2 = (1 + c1 * gg)[..., None], (1 + c2 * gg)[..., None]
+        Q1, Q2 = (q1 * gg)[..., None], (q2 * gg)[..., None]
+        D1 = torch.stack([d.D for d in f1])
+        D2 = torch.stack([d.D for d in f2])
+        return Prediction(X1, C1, D1, Q1), Prediction(X2, C2, D2, Q2)
+
+    def _visible(self, P: torch.Tensor, K: torch.Tensor, z_other: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """Points P [B, HW, 3] (in the other camera) that land on a pixel whose depth agrees [B, HW]."""
+        z = P[..., 2]
+        zs = z.clamp_min(1e-6)
+        u = K[:, 0, 0, None] * P[..., 0] / zs + K[:, 0, 2, None]
+        v = K[:, 1, 1, None] * P[..., 1] / zs + K[:, 1, 2, None]
+        ui, vi = torch.round(u), torch.round(v)
+        inside = (z > 1e-6) & (ui >= 0) & (ui <= W - 1) & (vi >= 0) & (vi <= H - 1)
+        idx = (vi.clamp(0, H - 1) * W + ui.clamp(0, W - 1)).long()
+        z_at = torch.gather(z_other, 1, idx)
+        return inside & ((z_at - z).abs() <= self.error_model.visibility_tol * z)
+
+
+# ----------------------------------------------------------------------------------------------
+# factory
+# ----------------------------------------------------------------------------------------------
+_PRIOR_KEYS = ("seed", "img_size", "cache_size", "exact")
+
+
+def make_oracle_prior(dataset, cfg_or_overrides: Any = None, device: str | torch.device = "cpu") -> OraclePrior:
+    """Build the ground-truth prior for ``dataset``.
+
+    cfg_or_overrides: a :class:`~mast3r_slam.config.Config` (uses ``dataset.img_size``), or a
+    mapping of overrides: any :class:`OracleErrorModel` field, ``seed``, ``img_size``,
+    ``cache_size`` and ``exact`` (True: no geometric error), or None for the defaults.
+    """
+    kwargs: dict = {}
+    em = OracleErrorModel()
+    if cfg_or_overrides is None:
+        pass
+    elif isinstance(cfg_or_overrides, Mapping):
+        fields = {f.name: f for f in dataclasses.fields(OracleErrorModel)}
+        ov = dict(cfg_or_overrides)
+        if ov.pop("exact", False):
+            em = OracleErrorModel.exact()
+        changes = {}
+        for k, v in ov.items():
+            if k in fields:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise ConfigError(f"oracle prior: '{k}' must be a number, got {v!r}")
+                changes[k] = float(v)
+            elif k in _PRIOR_KEYS:
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise ConfigError(f"oracle prior: '{k}' must be an integer, got {v!r}")
+                kwargs[k] = v
+            else:
+                raise ConfigError(f"oracle prior: unknown option '{k}' (valid: {', '.join(list(fields) + list(_PRIOR_KEYS))})")
+        em = dataclasses.replace(em, **changes)
+    elif hasattr(cfg_or_overrides, "dataset") and hasattr(cfg_or_overrides.dataset, "img_size"):
+        kwargs["img_size"] = int(cfg_or_overrides.dataset.img_size)
+    else:
+        raise ConfigError(f"oracle prior: expected a Config or a mapping of overrides, got {type(cfg_or_overrides).__name__}")
+    if len(dataset) == 0:
+        raise DatasetError(f"--prior oracle: {dataset.path} has no frames")
+    s0 = dataset[0]
+    if s0.depth is None or s0.T_WC_gt is None or dataset.K is None:
+        what = "depth maps" if s0.depth is None else ("ground-truth poses" if s0.T_WC_gt is None else "intrinsics")
+        raise DatasetError(
+            f"--prior oracle: {dataset.path} has no {what}; the ground-truth prior needs depth, poses and intrinsics "
+            "(use synthetic:<name> or a TUM RGB-D folder, or --prior mast3r)"
+        )
+    prior = OraclePrior(dataset, em, device=device, **kwargs)
+    log.info("prior: %s", prior.description)
+    return prior
