@@ -116,6 +116,8 @@ def load_torch_file(path, what: str = "checkpoint", *, trust_pickle: bool = Fals
                 bad = []
                 for full in names:
                     mod, _, name = full.rpartition(".")
+                    if full == "argparse.Namespace":
+                        continue
                     if (mod, name) in _NUMPY_GLOBALS or _numpy_dtype_class(mod, name):
                         extra.append(_numpy_global(mod, name))
                     else:
@@ -130,6 +132,12 @@ def load_torch_file(path, what: str = "checkpoint", *, trust_pickle: bool = Fals
             raise CheckpointError(
                 f"{path}: cannot read the {what} ({_one_line(e)}); it may be truncated or the wrong file{_size_hint(path)}; {HINT}"
             ) from None
+        try:  # numpy scalars also need their dtype classes (numpy >= 1.25: numpy.dtypes.*DType)
+            import numpy.dtypes as npd
+
+            extra += [getattr(npd, n) for n in dir(npd) if n.endswith("DType") and isinstance(getattr(npd, n), type)]
+        except ImportError:
+            pass
         try:
             ckpt = _load(extra)
         except Exception as e2:  # noqa: BLE001
@@ -236,17 +244,22 @@ def load_state_dict_strict(model: torch.nn.Module, sd: dict, source: str = "chec
     model.load_state_dict(sd, strict=True, assign=True)
 
 
-def build_mast3r(ckpt: dict, source: str = "checkpoint"):
-    """Network from a loaded checkpoint dict (weights stay where they are, e.g. memory-mapped)."""
+def build_mast3r(ckpt: dict, source: str = "checkpoint", arch: Mast3rArch | None = None):
+    """Network from a loaded checkpoint dict (weights stay where they are, e.g. memory-mapped).
+
+    The architecture comes from ``ckpt['args'].model`` (parsed, checked) unless ``arch`` is given
+    (in-code test architectures whose DPT sizes differ from the official ones).
+    """
     from .mast3r import Mast3rModel
 
-    args = ckpt["args"]
-    text = getattr(args, "model", None) if not isinstance(args, dict) else args.get("model")
-    if not isinstance(text, str):
-        raise CheckpointError(
-            f"{source}: args has no constructor string 'model' (is this the retrieval file? expected {MAIN_NAME})"
-        )
-    arch = arch_from_constructor(text, source)
+    if arch is None:
+        args = ckpt["args"]
+        text = getattr(args, "model", None) if not isinstance(args, dict) else args.get("model")
+        if not isinstance(text, str):
+            raise CheckpointError(
+                f"{source}: args has no constructor string 'model' (is this the retrieval file? expected {MAIN_NAME})"
+            )
+        arch = arch_from_constructor(text, source)
     sd = remap_state_dict(ckpt["model"], source)
     with torch.device("meta"):
         model = Mast3rModel(arch)

@@ -122,3 +122,11 @@ def save_synthetic_checkpoint(path, arch: Mast3rArch, shapes: dict | None = None
     path = Path(path)
     torch.save({"model": sd, "args": argparse.Namespace(model=model_string or constructor_string(arch)), "epoch": 0}, path)
     return path
+
+
+def synthetic_model(arch: Mast3rArch):
+    """A Mast3rModel of ``arch`` with the synthetic weights, built in memory (no file)."""
+    from .checkpoint import build_mast3r
+
+    sd = synthetic_state_dict(arch_shapes(arch))
+    return build_mast3r({"model": sd, "args": argparse.Namespace(model=constructor_string(arch))}, "synthetic", arch)
