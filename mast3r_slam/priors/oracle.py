@@ -30,6 +30,7 @@ and a frame's own pointmap is the same in every decode up to that decode's scale
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -74,7 +75,7 @@ class OracleErrorModel:
     conf_spread: float = 0.25  # log-std of a smooth per-frame confidence field
     conf_far: float = 6.0  # depth (m) at which c halves
     conf_edge: float = 0.08  # factor on c at depth edges
-    conf_hole: float = 0.05  # factor on c where the depth map had no value (inpainted)
+    conf_hole: float = 0.03  # factor on c where the depth map had no value (inpainted)
     conf_cross: float = 0.75  # factor on c of the cross-view pointmap X_ji
     conf_occluded: float = 0.15  # factor on c of X_ji where j's pixel is not visible in i
     conf_occluded_self: float = 0.6  # factor on c of X_ii where i's pixel is not visible in j
@@ -280,11 +281,26 @@ class OraclePrior(Prior):
         if fd is not None:
             self._cache.move_to_end(key)
             return fd
-        fd = self._make_frame_data(frame)
+        with self._threads():
+            fd = self._make_frame_data(frame)
         self._cache[key] = fd
         while len(self._cache) > max(self.cache_size, 2):
             self._cache.popitem(last=False)
         return fd
+
+    @contextlib.contextmanager
+    def _threads(self):
+        """On CPU, run with one torch thread: the oracle's tensors are small and the frontend and
+        backend processes share a few cores (2 threads each oversubscribe and stall badly)."""
+        if self.device.type != "cpu" or torch.get_num_threads() == 1:
+            yield
+            return
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(n)
 
     def _network_geometry(self, w: int, h: int, H: int, W: int) -> tuple[int, int, int, int]:
         """(new_w, new_h, left, top) of the resize + crop that maps a w x h image to W x H."""
@@ -407,9 +423,13 @@ class OraclePrior(Prior):
 
     def _decode(self, frames_1: list[Frame], frames_2: list[Frame]) -> tuple[Prediction, Prediction]:
         """Batched decode of pairs (frames_1[b], frames_2[b]): view-1 and view-2 outputs [B, HW, c]."""
-        em = self.error_model
         f1 = [self.frame_data(f) for f in frames_1]
         f2 = [self.frame_data(f) for f in frames_2]
+        with self._threads():
+            return self._decode_batch(frames_1, frames_2, f1, f2)
+
+    def _decode_batch(self, frames_1, frames_2, f1: list[_FrameData], f2: list[_FrameData]) -> tuple[Prediction, Prediction]:
+        em = self.error_model
         B = len(f1)
         if B == 0:
             raise ValueError("oracle prior: empty batch")
