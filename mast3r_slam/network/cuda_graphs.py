@@ -9,6 +9,10 @@ are overwritten by the next replay).
 Rules for the wrapped function: no host synchronisation, no data-dependent shapes, and any lazily
 built cache (e.g. RoPE tables) must be filled by the warm-up runs, which happen before capture.
 Weights must not move after capture (the model drops its graphs when it is moved or re-cast).
+
+The graphs of one runner share one memory pool (``share_pool``): they never run concurrently and
+their static outputs stay referenced, so only intermediate buffers are shared; this keeps the
+memory of, e.g., decode graphs for several batch sizes close to that of the largest one.
 """
 from __future__ import annotations
 
@@ -37,9 +41,11 @@ class _Entry:
 class CudaGraphRunner:
     """Capture ``fn(*tensors, **static_kwargs)`` once per key and replay it afterwards."""
 
-    def __init__(self, fn: Callable, warmup: int = 2):
+    def __init__(self, fn: Callable, warmup: int = 2, share_pool: bool = True):
         self.fn = fn
         self.warmup = warmup
+        self.share_pool = share_pool
+        self._pool = None
         self._graphs: dict[Any, _Entry] = {}
 
     def __len__(self) -> int:
@@ -47,6 +53,7 @@ class CudaGraphRunner:
 
     def clear(self) -> None:
         self._graphs.clear()
+        self._pool = None
 
     def _capture(self, tensors: tuple[torch.Tensor, ...], kwargs: dict) -> _Entry:
         inputs = tuple(t.clone() for t in tensors)
@@ -56,8 +63,10 @@ class CudaGraphRunner:
             for _ in range(self.warmup):
                 self.fn(*inputs, **kwargs)
         torch.cuda.current_stream().wait_stream(side)
+        if self.share_pool and self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=self._pool if self.share_pool else None):
             outputs = self.fn(*inputs, **kwargs)
         return _Entry(graph, inputs, outputs)
 

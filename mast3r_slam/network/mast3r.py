@@ -10,7 +10,7 @@ Public methods (what SLAM and outside checks use):
 Speed options (all off by default except fused attention): :meth:`configure` moves the weights to a
 device and stores the trunk (encoder + decoder) in fp16/bf16 (LayerNorms and the residual stream
 stay fp32; heads compute in fp32), :meth:`set_attention` picks SDPA or explicit math,
-:meth:`enable_cuda_graphs` captures encode and decode per input shape, :meth:`compile` wraps the
+:meth:`enable_cuda_graphs` captures encode and decode per input shape, :meth:`enable_compile` wraps the
 trunk in ``torch.compile``. ``tf32`` (default on) allows TF32 matmuls/convolutions on the GPU, as
 the original runs (croco enables it on import).
 """
@@ -125,7 +125,7 @@ class Mast3rModel(nn.Module):
         self._dec_graphs = CudaGraphRunner(self._decode_fn) if enabled else None
         return self
 
-    def compile(self, **kwargs) -> "Mast3rModel":  # noqa: A003 - mirrors nn.Module.compile
+    def enable_compile(self, **kwargs) -> "Mast3rModel":
         """Wrap the encode/decode functions in ``torch.compile(**kwargs)`` (off by default)."""
         self._encode_fn = torch.compile(self._encode_impl, **kwargs)
         self._decode_fn = torch.compile(self._decode_impl, **kwargs)

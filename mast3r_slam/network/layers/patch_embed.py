@@ -12,9 +12,10 @@ from torch import nn
 
 def patch_positions(h: int, w: int, batch: int, device) -> torch.Tensor:
     """(y, x) coordinates of an h x w token grid: [batch, h*w, 2] int64, row-major."""
-    ys = torch.arange(h, device=device).repeat_interleave(w)
-    xs = torch.arange(w, device=device).repeat(h)
-    return torch.stack((ys, xs), dim=-1)[None].expand(batch, h * w, 2)
+    # expand + reshape only: no host synchronisation, so it can be captured in a CUDA graph
+    ys = torch.arange(h, device=device).view(h, 1).expand(h, w)
+    xs = torch.arange(w, device=device).view(1, w).expand(h, w)
+    return torch.stack((ys, xs), dim=-1).view(1, h * w, 2).expand(batch, h * w, 2)
 
 
 class PatchEmbed(nn.Module):
