@@ -329,3 +329,20 @@ def _net_to_raw(w, h, W, H):
     (nw, nh), (left, top, _, _) = resize_crop_shape(w, h, max(W, H))
     v, u = np.mgrid[0:H, 0:W].astype(np.float32)
     return (u + left + 0.5) * (w / nw) - 0.5, (v + top + 0.5) * (h / nh) - 0.5
+
+
+def test_loop_closure_retrieval_with_the_asmk_database(loop, frames, noisy):
+    """Keyframes every 3rd frame go through mast3r_slam.retrieval as SLAM's backend does; the last
+    keyframe (back at the start of the lap) retrieves the first ones: a loop closure."""
+    from mast3r_slam.retrieval import RetrievalDatabase
+
+    db = RetrievalDatabase(noisy.retrieval_codebook())
+    kfs = list(range(0, 60, 3))
+    near = []
+    hits = []
+    for i in kfs:
+        hits = [kfs[h] for h in db.update(noisy.retrieval_features(frames[i]), True, 3, 5e-3)]
+        if hits:
+            near.append(min(abs(hits[0] - i), 59 - abs(hits[0] - i)) <= 6)
+    assert np.mean(near) >= 0.8, near  # the best hit is (almost always) a neighbouring keyframe
+    assert {0, 3} & set(hits), hits  # keyframe 57 finds the start of the loop
