@@ -61,14 +61,13 @@ def _run_all(model, golden):
 
 
 @pytest.fixture(scope="module", params=["small", "vitl"])
-def parity(request, tmp_path_factory):
+def parity(request, tmp_path_factory, torch_threads):
     name = request.param
     meta = json.loads((FIX / f"state_dict_{name}.json").read_text())
     path = tmp_path_factory.mktemp(f"ckpt_{name}") / f"synthetic_{name}.pth"
     sd = synthetic_state_dict(meta["state_dict_shapes"])
     _save_fast({"model": sd, "args": argparse.Namespace(model=meta["checkpoint_args_model"]), "epoch": 0}, path)
     del sd
-    torch.set_num_threads(2)
     model = load_mast3r(path, "cpu")
     path.unlink()  # the weights stay memory-mapped
     golden = dict(np.load(FIX / f"golden_{name}.npz"))
