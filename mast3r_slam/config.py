@@ -103,6 +103,14 @@ class RelocConfig:
     strict: bool = True
 
 
+@dataclass
+class NetworkConfig:
+    """How the MASt3R network runs (ours; the original always ran fp32)."""
+
+    precision: str = "fp16"  # trunk precision on CUDA: fp32, fp16 or bf16 (heads always fp32; CPU always fp32)
+    cuda_graphs: bool = True  # capture encode / pair decode in CUDA graphs (fixed shapes)
+
+
 _FILTERING_MODES = ("recent", "first", "best_score", "indep_conf", "weighted_pointmap", "weighted_spherical")
 
 
@@ -116,6 +124,7 @@ class Config:
     local_opt: LocalOptConfig = field(default_factory=LocalOptConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     reloc: RelocConfig = field(default_factory=RelocConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -219,6 +228,8 @@ def _validate(cls, data: Any, origin: str, prefix: str = "") -> None:
         raise ConfigError(
             f"{origin}: 'tracking.filtering_mode' must be one of {', '.join(_FILTERING_MODES)}, got {data['filtering_mode']!r}"
         )
+    if cls is NetworkConfig and "precision" in data and data["precision"] not in ("fp32", "fp16", "bf16"):
+        raise ConfigError(f"{origin}: 'network.precision' must be fp32, fp16 or bf16, got {data['precision']!r}")
     if cls is TrackingConfig and "filtering_score" in data and data["filtering_score"] not in ("median", "mean"):
         raise ConfigError(f"{origin}: 'tracking.filtering_score' must be median or mean, got {data['filtering_score']!r}")
 
@@ -239,7 +250,7 @@ def _build(cls, data: Mapping, origin: str):
 
 _SECTIONS = {
     c.__name__: c
-    for c in (DatasetConfig, MatchingConfig, TrackingConfig, LocalOptConfig, RetrievalConfig, RelocConfig, Config)
+    for c in (NetworkConfig, DatasetConfig, MatchingConfig, TrackingConfig, LocalOptConfig, RetrievalConfig, RelocConfig, Config)
 }
 
 

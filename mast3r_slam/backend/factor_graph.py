@@ -1,0 +1,140 @@
+"""Factor graph over keyframes and global Sim(3) optimisation (spec §5).
+
+Edges (i, j) hold dense pixel correspondences in both directions, found by decoding the pair
+symmetrically (one batched prior call for all new pairs) and matching both directions in one
+batched call. Global Gauss-Newton runs through :mod:`mast3r_slam.ops` (CUDA or PyTorch) on all
+keyframes touched by edges (or, with ``local_opt.window_size`` set, on the most recent ones with
+the rest held fixed), with exactly one pose (the lowest keyframe id) fixed for the gauge.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import ops
+from ..config import Config
+from ..geometry import constrain_points_to_ray
+from ..priors.base import Prior
+from .keyframe_cache import KeyframeCache
+
+
+@dataclass
+class EdgeStats:
+    added: int
+    rejected: int
+    fractions: list[tuple[int, int, float]]  # (i, j, min(frac_i, frac_j)) of every candidate
+
+
+class FactorGraph:
+    def __init__(self, prior: Prior, matcher, keyframes: KeyframeCache, cfg: Config, device: str | torch.device = "cpu"):
+        self.prior = prior
+        self.matcher = matcher
+        self.kf = keyframes
+        self.cfg = cfg
+        self.device = torch.device(device)
+        HW = keyframes.store.HW
+        d = self.device
+        self.ii = torch.zeros(0, dtype=torch.long, device=d)
+        self.jj = torch.zeros(0, dtype=torch.long, device=d)
+        self.idx_ii2jj = torch.zeros(0, HW, dtype=torch.long, device=d)
+        self.idx_jj2ii = torch.zeros(0, HW, dtype=torch.long, device=d)
+        self.valid_match_j = torch.zeros(0, HW, 1, dtype=torch.bool, device=d)
+        self.valid_match_i = torch.zeros(0, HW, 1, dtype=torch.bool, device=d)
+        self.Q_ii2jj = torch.zeros(0, HW, 1, device=d)
+        self.Q_jj2ii = torch.zeros(0, HW, 1, device=d)
+
+    def __len__(self) -> int:
+        return int(self.ii.numel())
+
+    @property
+    def is_loop(self) -> torch.Tensor:
+        """Edges that are not between consecutive keyframes (retrieval / loop-closure edges)."""
+        return self.jj - self.ii != 1
+
+    # ------------------------------------------------------------------------------------------
+    def add_factors(self, ii: list[int], jj: list[int], min_match_frac: float, is_reloc: bool = False) -> tuple[bool, EdgeStats]:
+        """Decode and match candidate pairs; keep those with enough two-way matches.
+
+        Consecutive pairs (i == j - 1) are always kept. With ``is_reloc`` (strict mode) the call is
+        all-or-nothing. Returns (anything added, stats).
+        """
+        if len(ii) == 0:
+            return False, EdgeStats(0, 0, [])
+        d = self.device
+        ii_t = torch.as_tensor(ii, dtype=torch.long, device=d)
+        jj_t = torch.as_tensor(jj, dtype=torch.long, device=d)
+        frames_i = [self.kf.frame(int(i)) for i in ii]
+        frames_j = [self.kf.frame(int(j)) for j in jj]
+        pred = self.prior.symmetric(frames_i, frames_j)  # [4, B, HW, c]: ii, ji, jj, ij
+        X, D, Q = pred.X, pred.D, pred.Q
+        B = len(ii)
+        H, W = frames_i[0].img_shape
+        X11 = torch.cat([X[0], X[2]])  # X_ii, X_jj
+        X21 = torch.cat([X[1], X[3]])  # X_ji, X_ij
+        D11 = torch.cat([D[0], D[2]])
+        D21 = torch.cat([D[1], D[3]])
+        shp = (2 * B, H, W, -1)
+        idx, valid = self.matcher(X11.reshape(shp), X21.reshape(shp), D11.reshape(shp), D21.reshape(shp))
+        idx_i2j, idx_j2i = idx[:B], idx[B:]
+        valid_j, valid_i = valid[:B], valid[B:]
+        Q_j = torch.sqrt(torch.gather(Q[0], 1, idx_i2j[..., None]) * Q[1])
+        Q_i = torch.sqrt(torch.gather(Q[2], 1, idx_j2i[..., None]) * Q[3])
+        Qc = self.cfg.local_opt.Q_conf
+        frac_j = (valid_j & (Q_j > Qc)).float().mean(dim=(1, 2))
+        frac_i = (valid_i & (Q_i > Qc)).float().mean(dim=(1, 2))
+        frac = torch.minimum(frac_i, frac_j)
+        consecutive = ii_t == jj_t - 1
+        invalid = (frac < min_match_frac) & ~consecutive
+        frac_l = frac.tolist()
+        stats_fr = [(int(a), int(b), f) for a, b, f in zip(ii, jj, frac_l)]
+        n_invalid = int(invalid.sum())
+        if is_reloc and n_invalid > 0:
+            return False, EdgeStats(0, n_invalid, stats_fr)
+        keep = ~invalid
+        self.ii = torch.cat([self.ii, ii_t[keep]])
+        self.jj = torch.cat([self.jj, jj_t[keep]])
+        self.idx_ii2jj = torch.cat([self.idx_ii2jj, idx_i2j[keep]])
+        self.idx_jj2ii = torch.cat([self.idx_jj2ii, idx_j2i[keep]])
+        self.valid_match_j = torch.cat([self.valid_match_j, valid_j[keep]])
+        self.valid_match_i = torch.cat([self.valid_match_i, valid_i[keep]])
+        self.Q_ii2jj = torch.cat([self.Q_ii2jj, Q_j[keep]])
+        self.Q_jj2ii = torch.cat([self.Q_jj2ii, Q_i[keep]])
+        added = B - n_invalid
+        return added > 0, EdgeStats(added, n_invalid, stats_fr)
+
+    # ------------------------------------------------------------------------------------------
+    def solve(self) -> torch.Tensor | None:
+        """Global Gauss-Newton over the keyframes in the graph; writes poses back to the store."""
+        if len(self) == 0:
+            return None
+        lo = self.cfg.local_opt
+        unique = torch.unique(torch.cat([self.ii, self.jj]))  # sorted
+        if unique.numel() <= lo.pin:
+            return None
+        ii = torch.cat([self.ii, self.jj])
+        jj = torch.cat([self.jj, self.ii])
+        idx = torch.cat([self.idx_ii2jj, self.idx_jj2ii])
+        valid = torch.cat([self.valid_match_j, self.valid_match_i])
+        Q = torch.cat([self.Q_ii2jj, self.Q_jj2ii])
+        ids = unique.tolist()
+        Xs, Cs, T_WC, K = self.kf.stack(ids)
+        H, W = self.kf.store.H, self.kf.store.W
+        if self.cfg.use_calib:
+            Xs = constrain_points_to_ray(Xs, K, H, W)
+            dx = ops.gauss_newton_calib(
+                T_WC, Xs, Cs, K, ii, jj, idx, valid, Q, H, W, int(lo.pixel_border), lo.depth_eps,
+                lo.sigma_pixel, lo.sigma_depth, lo.C_conf, lo.Q_conf, lo.max_iters, lo.delta_norm, huber=lo.huber,
+            )
+        else:
+            dx = ops.gauss_newton_rays(
+                T_WC, Xs, Cs, ii, jj, idx, valid, Q, lo.sigma_ray, lo.sigma_dist, lo.C_conf, lo.Q_conf,
+                lo.max_iters, lo.delta_norm, huber=lo.huber,
+            )
+        pin = lo.pin
+        self.kf.store.set_poses(ids[pin:], T_WC[pin:])
+        self.kf.update_poses(ids, T_WC)
+        return dx
+
+    def edge_lists(self) -> tuple[list[int], list[int], list[bool]]:
+        return self.ii.tolist(), self.jj.tolist(), self.is_loop.tolist()

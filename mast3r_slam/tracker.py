@@ -1,0 +1,115 @@
+"""Frame-to-keyframe tracking (spec §4): matching, Sim(3) IRLS Gauss-Newton, keyframe fusion and
+the keyframe decision.
+
+The solve runs through :mod:`mast3r_slam.ops` (``track_rays`` / ``track_calib``) without a host
+synchronisation per iteration; the tracker reads the result flags once per frame.
+
+Differences from the original (docs/QUIRKS.md): the relative pose is initialised from the previous
+frame's relative pose to the same keyframe (identical to the original's constant-position model,
+but independent of when the backend moves keyframes), and after relocalisation or a new keyframe
+the match initialisation is reset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import ops
+from .config import MatchingConfig, TrackingConfig
+from .frame import Frame
+from .fusion import make_fusion
+from .geometry import constrain_points_to_ray, pixel_grid
+from .lie import Sim3
+from .matching import make_matcher
+from .priors.base import Prior
+
+
+@dataclass
+class TrackResult:
+    ok: bool  # False: tracking failure -> relocalisation
+    new_keyframe: bool
+    T_CkCf: torch.Tensor | None  # [1, 8] relative pose keyframe <- frame
+    match_frac: float  # fraction of keyframe pixels used by the solve
+    keyframe_frac: float  # min(valid keyframe fraction, unique fraction) of the keyframe decision
+    iterations: int = 0
+    reason: str = ""
+
+
+class FrameTracker:
+    def __init__(self, prior: Prior, tracking: TrackingConfig, matching: MatchingConfig, use_calib: bool = False):
+        self.prior = prior
+        self.cfg = tracking
+        self.matcher = make_matcher(matching)
+        self.fuse = make_fusion(tracking.filtering_mode, tracking.filtering_score)
+        self.use_calib = use_calib
+        self.idx_f2k: torch.Tensor | None = None
+        self.T_CkCf_prev: torch.Tensor | None = None  # relative pose of the previous frame to the keyframe
+
+    def reset(self) -> None:
+        """Forget the match initialisation and motion prior (new keyframe or relocalisation)."""
+        self.idx_f2k = None
+        self.T_CkCf_prev = None
+
+    # ------------------------------------------------------------------------------------------
+    def track(self, frame: Frame, keyframe: Frame) -> TrackResult:
+        """Track ``frame`` against ``keyframe`` (whose canonical map is fused in place on success)."""
+        cfg = self.cfg
+        H, W = frame.img_shape
+        res_f, res_k = self.prior.asymmetric(frame, keyframe)  # X^f_f, X^f_k (both in camera f)
+        shp = (1, H, W, -1)
+        idx_init = None if self.idx_f2k is None else self.idx_f2k[None]
+        idx, valid_match = self.matcher(res_f.X.reshape(shp), res_k.X.reshape(shp), res_f.D.reshape(shp), res_k.D.reshape(shp), idx_init)
+        idx_f2k, valid_match_k = idx[0], valid_match[0]  # [HW], [HW, 1]
+        self.idx_f2k = idx_f2k
+        Qk = torch.sqrt(res_f.Q[idx_f2k] * res_k.Q)  # [HW, 1]
+
+        self.fuse(frame, res_f.X, res_f.C)  # first call initialises the frame's own pointmap
+
+        Xf_all, Xk = frame.X_canon, keyframe.X_canon
+        if self.use_calib:
+            Xf_all = constrain_points_to_ray(Xf_all, keyframe.K, H, W)
+            Xk = constrain_points_to_ray(Xk, keyframe.K, H, W)
+        Xf = Xf_all[idx_f2k]
+        Cf = frame.C_avg()[idx_f2k]
+        Ck = keyframe.C_avg()
+        valid_Q = Qk > cfg.Q_conf
+        valid_opt = valid_match_k & (Cf > cfg.C_conf) & (Ck > cfg.C_conf) & valid_Q
+        valid_kf = valid_match_k & valid_Q
+        match_frac = float(valid_opt.float().mean())
+        if match_frac < cfg.min_match_frac:
+            return TrackResult(False, False, None, match_frac, 0.0, reason=f"match fraction {match_frac:.3f} < {cfg.min_match_frac}")
+
+        T_init = self.T_CkCf_prev if self.T_CkCf_prev is not None else Sim3.identity(1, device=frame.device)
+        sqrt_w = valid_opt.float() * torch.sqrt(Qk)
+        if self.use_calib:
+            meas_k, valid_meas_k = ops.calib_measurements(Xk, H, W, cfg.depth_eps)
+            sol = ops.track_calib(
+                T_init.reshape(8), Xf, meas_k, valid_meas_k, sqrt_w, keyframe.K, H, W,
+                sigma_pixel=cfg.sigma_pixel, sigma_depth=cfg.sigma_depth, pixel_border=cfg.pixel_border,
+                depth_eps=cfg.depth_eps, huber=cfg.huber,
+                max_iters=cfg.max_iters, rel_error=cfg.rel_error, delta_norm=cfg.delta_norm,
+            )
+        else:
+            sol = ops.track_rays(
+                T_init.reshape(8), Xf, Xk, sqrt_w,
+                sigma_ray=cfg.sigma_ray, sigma_dist=cfg.sigma_dist, huber=cfg.huber,
+                max_iters=cfg.max_iters, rel_error=cfg.rel_error, delta_norm=cfg.delta_norm,
+            )
+        if bool(sol.failed):
+            return TrackResult(False, False, None, match_frac, 0.0, reason="Cholesky failure in the tracking solve")
+        T_CkCf = sol.T_CkCf.reshape(1, 8)
+        self.T_CkCf_prev = T_CkCf
+        frame.T_WC = Sim3.mul(keyframe.T_WC, T_CkCf)
+
+        # keyframe fusion with the keyframe's points predicted in f, moved into the keyframe
+        self.fuse(keyframe, Sim3.act(T_CkCf, res_k.X), res_k.C)
+
+        # keyframe decision (unique fraction uses the unfiltered matches, as the original)
+        match_frac_k = valid_kf.float().mean()
+        unique_frac_f = torch.unique(idx_f2k[valid_match_k[:, 0]]).numel() / idx_f2k.numel()
+        kf_frac = min(float(match_frac_k), unique_frac_f)
+        new_kf = kf_frac < cfg.match_frac_thresh
+        if new_kf:
+            self.reset()
+        return TrackResult(True, new_kf, T_CkCf, match_frac, kf_frac, iterations=int(sol.num_iters))
