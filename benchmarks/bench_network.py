@@ -213,7 +213,7 @@ def bench_variant(model, opts, device, img1, img2, iters, warmup, n_pairs: int) 
                 out.append(model.decode(a, pa, b, pb, shape, shape))
                 out.append(model.decode(b, pb, a, pa, shape, shape))
             return out
-    res[f"sym{n_pairs}"] = time_fn(sym, device, max(5, iters // 2), max(1, warmup // 2))
+    res[f"sym{n_pairs}"] = time_fn(sym, device, iters, warmup)
     return res
 
 

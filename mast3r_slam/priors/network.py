@@ -60,13 +60,16 @@ class Mast3rPrior(Prior):
     def _decode(self, frames1: Sequence[Frame], frames2: Sequence[Frame]):
         for f in (*frames1, *frames2):
             self.encode(f)
-        shapes = {tuple(f.img_shape) for f in (*frames1, *frames2)}
-        if len(shapes) != 1:
-            raise ValueError(f"Mast3rPrior: all frames of a batched decode must have one image size, got {sorted(shapes)}")
-        shape = shapes.pop()
+        shapes1 = {tuple(f.img_shape) for f in frames1}
+        shapes2 = {tuple(f.img_shape) for f in frames2}
+        if len(shapes1) != 1 or len(shapes2) != 1:
+            raise ValueError(
+                f"Mast3rPrior: the frames of each side of a batched decode must share one image size, got "
+                f"{sorted(shapes1)} and {sorted(shapes2)}"
+            )
         cat = lambda fr, a: torch.cat([getattr(f, a) for f in fr])  # noqa: E731
         return self.model.decode(cat(frames1, "feat"), cat(frames1, "pos"), cat(frames2, "feat"), cat(frames2, "pos"),
-                                 shape, shape)
+                                 shapes1.pop(), shapes2.pop())
 
     def mono(self, frame: Frame) -> tuple[torch.Tensor, torch.Tensor]:
         res1, _ = self._decode([frame], [frame])
