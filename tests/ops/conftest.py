@@ -14,3 +14,15 @@ def golden_matching() -> dict:
 @pytest.fixture(scope="session")
 def golden_gn() -> dict:
     return load_npz("golden_gn.npz")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The kernel tests use small tensors: one intra-op thread is faster than two, and far faster
+    when the (2-core) machine is loaded. The previous setting is restored after each test."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
