@@ -22,7 +22,7 @@ import torch
 
 from ..errors import Mast3rSlamError
 from . import _backend
-from ._torch_gn import _gauss_newton_calib, _gauss_newton_points, _gauss_newton_rays, keyframe_positions
+from ._torch_gn import _gauss_newton_calib, _gauss_newton_points, _gauss_newton_rays
 from ._torch_matching import _iter_proj, _refine_matches
 from ._torch_tracking import TrackResult, _track_calib, _track_rays
 

@@ -12,8 +12,6 @@ inside the iteration loop: after convergence (||dx|| < delta_thresh) the step is
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from ..lie import Sim3, skew
@@ -22,20 +20,6 @@ Tensor = torch.Tensor
 
 # Edges are linearised in chunks of at most this many pixels (E_chunk * HW) to bound memory.
 _GN_CHUNK_PIXELS = 1 << 22
-
-
-@contextlib.contextmanager
-def ieee_fp32_matmul():
-    """Full float32 matmul precision inside (no TF32), restoring the caller's setting after."""
-    old = torch.get_float32_matmul_precision()
-    if old == "highest":
-        yield
-        return
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(old)
 
 
 def huber_weight(e: Tensor, k: float) -> Tensor:

@@ -47,7 +47,7 @@ def _solve(variant, T0, X_f, X_k, sqrt_w, **over):
     if variant == "rays":
         return ops.track_rays(T0, X_f, X_k, sqrt_w, **{**RAYS, **over})
     meas, vmeas = ops.calib_measurements(X_k, H, W, 1e-6)
-    return ops.track_calib(T0, X_f, meas, vmeas, sqrt_w, K.to(X_f.dtype), H, W, **{**CALIB, **over})
+    return ops.track_calib(T0, X_f, meas, vmeas, sqrt_w, K.to(X_f), H, W, **{**CALIB, **over})
 
 
 @pytest.mark.parametrize("variant", ["rays", "calib"])
