@@ -15,7 +15,9 @@ Configurations:
 * ``original``: fp32 weights, TF32 matmul/conv, explicit attention, batch 1, no CUDA graphs,
   pairs in a Python loop (how the original runs, apart from its compiled RoPE kernel);
 * ``fp16-eager``: fp16 trunk, SDPA, batched pairs, no graphs (what plain PyTorch tricks give);
-* ``fp16`` / ``bf16``: half trunk, fp32 heads, SDPA, CUDA graphs, batched pairs (our fast path).
+* ``fp16`` / ``bf16``: half trunk, fp32 heads, SDPA, CUDA graphs, batched pairs (our fast path);
+* ``fp16-f32heads``: same with the head weights stored in fp32 (no per-call cast);
+* ``fp16-cl``, ``fp16-f32heads-cl``: same with channels-last DPT heads.
 
 Accuracy: outputs of each configuration against strict fp32 (TF32 off) on the fixture inputs and
 on a 512x384 pair (pts3d relative error per pixel: median / max; descriptor cosine similarity:
@@ -169,12 +171,15 @@ def make_variant(base, name: str, device: torch.device):
     m = copy.deepcopy(base)
     if name == "original":
         m.configure(device, torch.float32).set_attention("math")
+        m.decoder.paired = False  # the two decoder streams one after the other, as the original
         m.tf32 = True
         return m, {"batched": False, "graphs": False}
     dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp16-eager": torch.float16, "fp32-graphs": torch.float32,
-          "fp16-f32heads": torch.float16}[name]
-    head_dt = torch.float32 if name in ("fp16-f32heads", "fp32-graphs") else None
+          "fp16-f32heads": torch.float16, "fp16-cl": torch.float16, "fp16-f32heads-cl": torch.float16}[name]
+    head_dt = torch.float32 if name in ("fp16-f32heads", "fp32-graphs", "fp16-f32heads-cl") else None
     m.configure(device, dt, head_weight_dtype=head_dt).set_attention("sdpa")
+    if name.endswith("-cl"):
+        m.set_channels_last(True)
     m.tf32 = True
     graphs = device.type == "cuda" and name != "fp16-eager"
     if graphs:
@@ -227,8 +232,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     ap.add_argument("--iters", type=int, default=None, help="timed runs per measurement (default 30, small: 3)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up runs (default 5, small: 1)")
-    ap.add_argument("--variants", default="original,fp16-eager,fp16,bf16",
-                    help="comma list of: original, fp16-eager, fp16, bf16, fp16-f32heads, fp32-graphs")
+    ap.add_argument("--variants", default="original,fp16-eager,fp16,bf16,fp16-f32heads,fp16-cl",
+                    help="comma list of: original, fp16-eager, fp16, bf16, fp16-f32heads, fp16-cl, "
+                         "fp16-f32heads-cl, fp32-graphs")
     ap.add_argument("--pairs", type=int, default=4, help="symmetric pairs in the backend measurement")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)

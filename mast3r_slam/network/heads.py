@@ -103,6 +103,7 @@ class DPTHead(nn.Module):
             nn.Sequential(F32Conv2d(tok[3], dims[3], 1), F32Conv2d(dims[3], dims[3], 3, stride=2, padding=1)),
         ])
         fd, ld = arch.dpt_feature_dim, arch.dpt_last_dim
+        self.channels_last = False  # NHWC feature maps (see Mast3rModel.set_channels_last)
         self.scratch = DPTScratch(dims, fd)
         self.head = nn.Sequential(
             F32Conv2d(fd, ld, 3, padding=1), Upsample2(), F32Conv2d(ld, ld, 3, padding=1), nn.ReLU(), F32Conv2d(ld, 4, 1)
@@ -113,7 +114,10 @@ class DPTHead(nn.Module):
         h, w = hw
         maps = []
         for k, t in enumerate(layers):
-            x = t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
+            if self.channels_last:  # [B, N, C] is already NHWC: a strided view, no copy
+                x = t.view(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
+            else:
+                x = t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
             maps.append(self.scratch.layer_rn[k](self.act_postprocess[k](x)))
         s = self.scratch
         p4 = s.refinenet4(maps[3])[:, :, : maps[2].shape[2], : maps[2].shape[3]]

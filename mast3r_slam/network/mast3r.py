@@ -86,9 +86,11 @@ class Mast3rModel(nn.Module):
             if g is not None:
                 g.clear()
 
-    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .half() invalidate captured graphs
+    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .half() invalidate graphs and stacked weights
         self._drop_graphs()
-        return super()._apply(fn, *args, **kwargs)
+        out = super()._apply(fn, *args, **kwargs)
+        self.decoder._ensure_stacked()
+        return out
 
     @torch.no_grad()
     def configure(self, device=None, dtype=None, head_weight_dtype=None) -> "Mast3rModel":
@@ -109,6 +111,20 @@ class Mast3rModel(nn.Module):
                     if p.device != device or p.dtype != target:
                         new = nn.Parameter(p.detach().to(device=device, dtype=target), requires_grad=False)
                         setattr(mod, name, new)
+        self.decoder.stack_streams()
+        return self
+
+    @torch.no_grad()
+    def set_channels_last(self, enabled: bool = True) -> "Mast3rModel":
+        """Run the DPT heads on NHWC (channels-last) feature maps and weights (often faster with cuDNN)."""
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        for head in (self.head1, self.head2):
+            head.dpt.channels_last = enabled
+            for mod in head.dpt.modules():
+                w = getattr(mod, "weight", None)
+                if isinstance(w, nn.Parameter) and w.ndim == 4:
+                    mod.weight = nn.Parameter(w.detach().contiguous(memory_format=fmt), requires_grad=False)
+        self._drop_graphs()
         return self
 
     def set_attention(self, impl: str) -> "Mast3rModel":

@@ -50,3 +50,64 @@ def test_dtype_names():
         as_dtype("int8")
     with pytest.raises(ValueError, match="dtype"):
         as_dtype(torch.float64)
+
+
+def test_paired_decoder_streams_equal_one_by_one(fp32_model):
+    m = copy.deepcopy(fp32_model)
+    torch.manual_seed(1)
+    a, b = torch.rand(2, 2, 3, 48, 64) * 2 - 1
+    fa, pa = m.encode(a)
+    fb, pb = m.encode(b)
+    paired = m.decode(fa, pa, fb, pb, (48, 64), (48, 64), return_tokens=True)
+    st = m.decoder._stacks
+    assert st is not None and st[0]["mlp.fc1.weight"].shape == (2, 4 * TINY.dec_embed_dim, TINY.dec_embed_dim)
+    # the per-stream parameters are views of the stacked tensors (no duplicated memory)
+    assert m.decoder.blocks2[0].mlp.fc1.weight.data_ptr() == st[0]["mlp.fc1.weight"][1].data_ptr()
+    m.decoder.paired = False
+    single = m.decode(fa, pa, fb, pb, (48, 64), (48, 64), return_tokens=True)
+    for t_p, t_s in zip(paired[2] + paired[3], single[2] + single[3]):
+        torch.testing.assert_close(t_p, t_s, rtol=1e-5, atol=1e-5)
+    for r_p, r_s in zip(paired[:2], single[:2]):
+        for k in r_p:
+            torch.testing.assert_close(r_p[k], r_s[k], rtol=1e-4, atol=1e-5)
+    # views with different token counts run the streams one by one
+    m.decoder.paired = True
+    c = torch.rand(2, 3, 64, 64) * 2 - 1
+    fc, pc = m.encode(c)
+    r1, r2 = m.decode(fa, pa, fc, pc, (48, 64), (64, 64))
+    assert r1["pts3d"].shape == (2, 48, 64, 3) and r2["pts3d"].shape == (2, 64, 64, 3)
+
+
+def test_stacked_weights_follow_configure(fp32_model):
+    m = copy.deepcopy(fp32_model)
+    m.configure(dtype="bf16")
+    st = m.decoder._stacks
+    assert st[0]["attn.qkv.weight"].dtype == torch.bfloat16 and st[0]["norm1.weight"].dtype == torch.float32
+    assert m.decoder.blocks1[3].attn.qkv.weight.data_ptr() == st[3]["attn.qkv.weight"][0].data_ptr()
+    # a change of the weights behind the decoder's back is noticed: stacks are rebuilt
+    m.decoder.blocks2[1].mlp.fc2.bias = torch.nn.Parameter(torch.zeros_like(m.decoder.blocks2[1].mlp.fc2.bias))
+    f, p = m.encode(torch.zeros(1, 3, 48, 64))
+    m.decode(f, p, f, p, (48, 64), (48, 64))
+    assert float(m.decoder._stacks[1]["mlp.fc2.bias"][1].abs().max()) == 0.0
+
+
+def test_share_memory_keeps_stacked_views(fp32_model):
+    m = copy.deepcopy(fp32_model)
+    f, p = m.encode(torch.zeros(1, 3, 48, 64))
+    m.decode(f, p, f, p, (48, 64), (48, 64))
+    m.share_memory()
+    w = m.decoder.blocks1[2].attn.proj.weight
+    assert w.is_shared() and w.data_ptr() == m.decoder._stacks[2]["attn.proj.weight"][0].data_ptr()
+
+
+def test_channels_last_heads_equal(fp32_model):
+    m = copy.deepcopy(fp32_model)
+    torch.manual_seed(2)
+    a = torch.rand(1, 3, 80, 48) * 2 - 1  # odd 5x3 grid
+    ref = _run(m, a, a)
+    m.set_channels_last(True)
+    assert m.head1.dpt.scratch.refinenet1.out_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    out = _run(m, a, a)
+    for r_ref, r in zip(ref, out):
+        for k in r:
+            torch.testing.assert_close(r[k], r_ref[k], rtol=1e-4, atol=1e-5)

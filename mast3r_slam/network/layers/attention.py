@@ -55,10 +55,8 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         B, N, C = x.shape  # x: [B, N, C]
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each [B, heads, N, Dh]
-        q = apply_rope(q, *rope)
-        k = apply_rope(k, *rope)
-        return self.proj(_merge(attention(q, k, v, self.impl)))
+        qk = apply_rope(qkv[:2], *rope)  # q and k rotated together: [2, B, heads, N, Dh]
+        return self.proj(_merge(attention(qk[0], qk[1], qkv[2], self.impl)))
 
 
 class CrossAttention(nn.Module):

@@ -65,7 +65,7 @@ class RoPE2D:
 
 
 def apply_rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``t`` [B, heads, N, Dh] with tables from :meth:`RoPE2D.tables` ([B, 1, N, Dh])."""
+    """Rotate ``t`` [..., B, heads, N, Dh] with tables from :meth:`RoPE2D.tables` ([B, 1, N, Dh])."""
     q = t.shape[-1] // 4
     # swap the two quarter-blocks inside each half: [a, b | c, d] -> [b, a | d, c]
     swapped = t.unflatten(-1, (2, 2, q)).flip(-2).flatten(-3)
