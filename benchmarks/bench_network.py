@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import platform
 import statistics
@@ -298,6 +299,8 @@ def main(argv=None) -> int:
             entry["traceback"] = traceback.format_exc()
             print(f"variant {name} failed: {entry['error']}", flush=True)
         results["variants"][name] = entry
+        model = None
+        gc.collect()  # the model and its graph runners reference each other
         if device.type == "cuda":
             torch.cuda.empty_cache()
         print(f"done: {name}", flush=True)

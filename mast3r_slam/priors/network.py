@@ -117,10 +117,12 @@ def make_mast3r_prior(
     cuda_graphs: bool = False,
     attention: str = "sdpa",
     tf32: bool = True,
+    compile_model: bool = False,
 ) -> Mast3rPrior:
     """Load the official files from ``checkpoint_dir`` and wrap them as a :class:`Mast3rPrior`.
 
-    dtype: trunk precision (default fp32 like the original; fp16/bf16 for speed on the GPU).
+    dtype: trunk precision (default fp32 like the original; fp16/bf16 for speed on the GPU);
+    cuda_graphs: capture encode/decode per shape; compile_model: torch.compile them (slow start).
     """
     from ..network import checkpoint as ck
     from ..network import load_mast3r, load_retrieval_model
@@ -132,6 +134,10 @@ def make_mast3r_prior(
         raise CheckpointError(
             f"{Path(checkpoint_dir)}: missing MASt3R file(s) {', '.join(missing)}; {ck.HINT}"
         )
-    model = load_mast3r(main, device, dtype=dtype, attention=attention, cuda_graphs=cuda_graphs, tf32=tf32)
+    model = load_mast3r(main, device, dtype=dtype, attention=attention, tf32=tf32)
+    if compile_model:
+        model.enable_compile()
+    if cuda_graphs:
+        model.enable_cuda_graphs(True)
     rmodel = load_retrieval_model(ret, device, codebook_path=cb) if retrieval else None
     return Mast3rPrior(model, rmodel)
