@@ -223,3 +223,18 @@ def test_bit_packing_and_popcount():
     assert packed[1].tolist() == [0, 255, 0, 0, 0, 8]
     assert popcount_bytes(packed).tolist() == [1, 9]
     assert int(popcount_bytes(packed[0] ^ packed[1])) == 10
+
+
+def test_retrieval_head_and_database_end_to_end(tmp_path):
+    """Synthetic checkpoint + codebook: every image, observed again with noise, retrieves itself."""
+    pth, _, _ = _write_retrieval_files(tmp_path, nfeat=25, K=24)
+    model = load_retrieval_model(pth)
+    db = RetrievalDatabase(model.codebook)
+    g = torch.Generator().manual_seed(5)
+    images = [torch.randn(1, 40, D_IN, generator=g) for _ in range(6)]
+    for i, tok in enumerate(images):
+        hits = db.update(model(tok)[0], add_after_query=True, k=3, min_thresh=0.0)
+        assert len(db) == i + 1 and len(hits) == min(i, 3)
+    for i, tok in enumerate(images):
+        noisy = tok + 0.1 * torch.randn(tok.shape, generator=g)
+        assert db.query(model(noisy)[0], k=3)[0] == i
