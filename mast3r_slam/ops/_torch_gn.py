@@ -49,17 +49,26 @@ def keyframe_positions(ii: Tensor, jj: Tensor) -> tuple[Tensor, Tensor]:
 # ----------------------------------------------------------------------------------------------
 def ray_dist_residual(P: Tensor, Xm: Tensor) -> tuple[Tensor, Tensor]:
     """Rays + distance: prediction h = [psi(P), |P|] of points P [..., 3] minus the measurement
-    [psi(Xm), |Xm|]. Returns (err [..., 4], dh/dxi [..., 4, 7])."""
+    [psi(Xm), |Xm|]. Returns (err [..., 4], dh/dxi [..., 4, 7]) with ray rows
+    [(I - psi psi^T) / |P| | -[psi]x | 0] and distance row [psi^T | 0 | |P|]."""
     nP = torch.linalg.norm(P, dim=-1, keepdim=True)
     nX = torch.linalg.norm(Xm, dim=-1, keepdim=True)
     psi = P / nP
     err = torch.cat([psi - Xm / nX, nP - nX], dim=-1)
-    eye = torch.eye(3, dtype=P.dtype, device=P.device)
-    d_ray = (eye - psi[..., :, None] * psi[..., None, :]) / nP[..., None]
-    zeros1 = torch.zeros(P.shape[:-1] + (3, 1), dtype=P.dtype, device=P.device)
-    J_ray = torch.cat([d_ray, -skew(psi), zeros1], dim=-1)  # [..., 3, 7]
-    J_dist = torch.cat([psi, torch.zeros_like(psi), nP], dim=-1)[..., None, :]  # [..., 1, 7]
-    return err, torch.cat([J_ray, J_dist], dim=-2)
+    x, y, z = psi.unbind(-1)
+    iP = 1.0 / nP[..., 0]
+    o = torch.zeros_like(x)
+    mxy, mxz, myz = -x * y * iP, -x * z * iP, -y * z * iP
+    J = torch.stack(
+        [
+            (1 - x * x) * iP, mxy, mxz, o, z, -y, o,
+            mxy, (1 - y * y) * iP, myz, -z, o, x, o,
+            mxz, myz, (1 - z * z) * iP, y, -x, o, o,
+            x, y, z, o, o, o, nP[..., 0],
+        ],
+        dim=-1,
+    ).reshape(P.shape[:-1] + (4, 7))
+    return err, J
 
 
 def calib_residual(
@@ -125,41 +134,39 @@ def _edge_sums(
     m = torch.where(vm, idx_ii2jj, torch.zeros_like(idx_ii2jj))  # [E, HW]
     Xi = Xs[ii_pos[:, None], m]  # [E, HW, 3]
     Xj = Xs[jj_pos]  # [E, HW, 3]
-    P = Sim3.act(Tij[:, None, :], Xj)
+    P = Sim3.act(Tij[:, None, :], Xj)  # float32, as the original
     q = Q[..., 0]
     valid = vm & (q > Q_thresh) & (Cs[ii_pos[:, None], m][..., 0] > C_thresh) & (Cs[jj_pos][..., 0] > C_thresh)
-    sq = torch.sqrt(q.clamp_min(0))
+    sq = torch.sqrt(torch.where(valid, q, torch.zeros_like(q))).double()
+    # Residuals, weights and sums in float64 (a float32 GEMM over the HW*R rows loses up to 1e-4
+    # relative accuracy in the Hessian, which the weakly observed scale direction amplifies).
+    # Unused pixels get a harmless point (no inf/nan) and zero weight.
+    safe = torch.tensor([0.0, 0.0, 1.0], dtype=P.dtype, device=P.device)
+    P = torch.where(valid[..., None], P, safe).double()
+    Xi = torch.where(valid[..., None], Xi, safe).double()
 
     if variant == "rays":
         err, J = ray_dist_residual(P, Xi)
         s = torch.stack([sq / params["sigma_ray"]] * 3 + [sq / params["sigma_dist"]], dim=-1)
     elif variant == "calib":
-        K = params["K"]
         W = params["width"]
         uv = torch.stack([m % W, torch.div(m, W, rounding_mode="floor")], dim=-1).to(P.dtype)
         zi = Xi[..., 2:3]
         valid_meas = zi[..., 0] > params["z_eps"]
         logzi = torch.log(torch.where(valid_meas[..., None], zi, torch.ones_like(zi)))
         err, J, valid_proj = calib_residual(
-            P, uv, logzi, valid_meas, K, params["height"], W, params["pixel_border"], params["z_eps"]
+            P, uv, logzi, valid_meas, params["K"].double(), params["height"], W, params["pixel_border"], params["z_eps"]
         )
-        valid = valid & valid_proj
-        s = torch.stack([sq / params["sigma_pixel"]] * 2 + [sq / params["sigma_depth"]], dim=-1)
+        s = torch.stack([sq / params["sigma_pixel"]] * 2 + [sq / params["sigma_depth"]], dim=-1) * valid_proj[..., None]
     else:  # points
         err, J = point_residual(P, Xi)
         s = (sq / params["sigma_point"])[..., None].expand(err.shape)
 
-    s = torch.where(valid[..., None], s, torch.zeros_like(s))
-    err = torch.where(valid[..., None], err, torch.zeros_like(err))
-    J = torch.where(valid[..., None, None], J, torch.zeros_like(J))
-    w = huber_weight(s * err, huber) * s * s  # [E, HW, R]
-    # The sums are accumulated in float64: a float32 GEMM over HW*R rows loses up to 1e-4
-    # relative accuracy in the Hessian, which the weakly observed scale directions amplify.
+    sw = s * torch.sqrt(huber_weight(s * err, huber))  # sqrt of w = rho(s err) s^2
     R = err.shape[-1]
-    Jd = J.double().reshape(E, HW * R, 7)
-    wJ = w.double().reshape(E, HW * R, 1) * Jd
-    A_loc = wJ.transpose(1, 2) @ Jd
-    g_loc = (wJ * err.double().reshape(E, HW * R, 1)).sum(1)
+    Jw = (sw[..., None] * J).reshape(E, HW * R, 7)
+    A_loc = Jw.transpose(1, 2) @ Jw
+    g_loc = (Jw.transpose(1, 2) @ (sw * err).reshape(E, HW * R, 1))[..., 0]
     return A_loc, g_loc
 
 
