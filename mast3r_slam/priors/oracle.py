@@ -83,6 +83,7 @@ class OracleErrorModel:
     desc_conf_contrast: float = 0.015  # local contrast (grey std, [0,1] units) at which q = max / 2
     desc_conf_edge: float = 0.5  # factor on q at depth edges
     desc_conf_occluded: float = 0.12  # factor on q where the pixel is not visible in the other view
+    desc_conf_ambiguity: float = 1.0  # < 1: q falls once a descriptor 3-15 px away is this similar (off)
     min_pair_factor: float = 0.2  # lowest global factor on c and q of a non-overlapping pair
     visibility_tol: float = 0.05  # relative depth agreement for "visible in the other view"
 
@@ -382,6 +383,9 @@ class OraclePrior(Prior):
         contrast = contrast.cpu().numpy()
         q = em.desc_conf_max * contrast / (contrast + em.desc_conf_contrast)
         q = q * (1 - (1 - em.desc_conf_edge) * edge_soft) + 1e-3
+        if em.desc_conf_ambiguity < 1:  # descriptors that do not localise within the search window
+            amb = feats.descriptor_ambiguity(D).cpu().numpy()
+            q = q * np.clip((1 - amb) / (1 - em.desc_conf_ambiguity), 0.05, 1.0)
         occ_noise = _smooth_noise(rng, H, W, 4.0)
         T = pose7_to_matrix(s.T_WC_gt)
         dev = self.device

@@ -4,8 +4,10 @@ Nothing here sees depth or poses, so the stand-in's matching and place recogniti
 image content alone, as the network's do.
 
 * :func:`local_descriptors` - per-pixel 24-d unit descriptors: contrast-normalised intensity
-  patches at two scales (5x5 samples, 1 and 2 px apart) plus opponent-colour samples, projected
-  by a fixed random matrix and L2-normalised; also the local contrast used for Q.
+  patches at three scales (5x5 samples, 1, 2 and 4 px apart) plus opponent-colour samples,
+  projected by a fixed random matrix, smoothed (2 px) and L2-normalised; also the local contrast
+  used for Q. The smoothing gives each match a broad similarity peak, which the coarse-to-fine
+  descriptor refinement of matching needs (it samples a 5 px grid first).
 * :func:`retrieval_features` - ViT-patch-like local features for place recognition: a dense
   grid of 16 px patches on a 128 px wide copy of the image, each described by gradient-
   orientation histograms, a coarse intensity layout and colour, projected to ``RETRIEVAL_DIM``
@@ -83,13 +85,19 @@ def _shifts(a: np.ndarray, radius: int, step: int) -> np.ndarray:
     return np.stack(out, -1)
 
 
+#: intensity scales of the descriptors: (Gaussian blur sigma px, sample spacing px, weight)
+DESC_SCALES = ((0.8, 1, 1.0), (1.6, 2, 1.0), (3.2, 4, 1.0))
+DESC_COLOR_WEIGHT = 4.0
+DESC_SMOOTH = 2.0  # Gaussian smoothing (px) of the descriptor field
+
+
 @functools.lru_cache(maxsize=4)
-def _desc_projection(dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fixed random projections: two 5x5 intensity scales and 2 x 3x3 opponent-colour samples."""
+def _desc_projection(dim: int, n_scales: int) -> tuple[list, np.ndarray]:
+    """Fixed random projections: one per 5x5 intensity scale, one for 2 x 3x3 colour samples."""
     rng = np.random.default_rng(2024_24)
-    n_in = 25 + 25 + 18
+    n_in = 25 * n_scales + 18
     M = (rng.standard_normal((n_in, dim)) / np.sqrt(n_in)).astype(np.float32)
-    return M[:25], M[25:50], M[50:]
+    return [M[25 * k : 25 * (k + 1)] for k in range(n_scales)], M[25 * n_scales :]
 
 
 def local_descriptors(img, dim: int = DESC_DIM):
@@ -99,7 +107,8 @@ def local_descriptors(img, dim: int = DESC_DIM):
     same device (float32). Each descriptor is ``normalise(sum_s M_s (p_s - mean p_s) /
     (std p_s + 0.01) + 4 M_c c)`` for contrast-normalised 5x5 intensity patches p_s (Gaussian
     blur 0.8 / 1.6 px, samples 1 / 2 px apart) and 3x3 opponent-colour samples c (3 px apart),
-    evaluated as dilated convolutions (no per-pixel loops, no patch tensors).
+    evaluated as dilated convolutions (no per-pixel loops, no patch tensors), then smoothed by a
+    ``DESC_SMOOTH`` px Gaussian and renormalised.
     """
     import torch
     import torch.nn.functional as tF
@@ -108,10 +117,12 @@ def local_descriptors(img, dim: int = DESC_DIM):
     dev = t.device
     rgb = t.permute(2, 0, 1)[None]  # [1, 3, H, W]
     g = (rgb[:, 0:1] * 0.299 + rgb[:, 1:2] * 0.587 + rgb[:, 2:3] * 0.114)
-    M1, M2, Mc = (torch.from_numpy(m).to(dev) for m in _desc_projection(dim))
+    Ms, Mc = _desc_projection(dim, len(DESC_SCALES))
+    Mc = torch.from_numpy(Mc).to(dev)
     out = torch.zeros((1, dim) + g.shape[2:], device=dev)
     contrast = None
-    for sigma, step, M in ((0.8, 1, M1), (1.6, 2, M2)):
+    for (sigma, step, weight), M in zip(DESC_SCALES, Ms):
+        M = torch.from_numpy(M).to(dev) * weight
         gs = _blur(g, sigma)
         pad = 2 * step
         gp = tF.pad(gs, (pad, pad, pad, pad), mode="reflect")
@@ -126,9 +137,34 @@ def local_descriptors(img, dim: int = DESC_DIM):
         out += proj.div_(sd + 0.01)
     opp = torch.cat([rgb[:, 0:1] - rgb[:, 1:2], 0.5 * (rgb[:, 0:1] + rgb[:, 1:2]) - rgb[:, 2:3]], 1)
     opp = tF.pad(_blur(opp, 2.0), (3, 3, 3, 3), mode="reflect")
-    out += 4.0 * tF.conv2d(opp, Mc.T.reshape(dim, 2, 3, 3), dilation=3)
+    out += DESC_COLOR_WEIGHT * tF.conv2d(opp, Mc.T.reshape(dim, 2, 3, 3), dilation=3)
     out = out / (out.norm(dim=1, keepdim=True) + 1e-12)
+    if DESC_SMOOTH > 0:  # a smooth similarity peak, so that coarse-to-fine refinement finds it
+        out = _blur(out, DESC_SMOOTH)
+        out = out / (out.norm(dim=1, keepdim=True) + 1e-12)
     return out[0].permute(1, 2, 0).contiguous(), contrast[0, 0]
+
+
+def descriptor_ambiguity(D, radius: int = 15, step: int = 3):
+    """Largest cosine between each pixel's descriptor and those 4..``radius`` px away [H, W].
+
+    Offsets on a grid of ``step`` px (excluding the 3x3 centre), as the descriptor refinement of
+    matching searches; pixels outside the image count as 0. Values near 1 mean the descriptor
+    does not localise (flat or repetitive texture): the prior lowers Q there, as a learned
+    descriptor confidence would.
+    """
+    import torch.nn.functional as tF
+
+    H, W, _ = D.shape
+    Dp = tF.pad(D.permute(2, 0, 1), (radius, radius, radius, radius))  # zeros outside
+    amb = D.new_full((H, W), -1.0)
+    for dy in range(-radius, radius + 1, step):
+        for dx in range(-radius, radius + 1, step):
+            if abs(dx) < step and abs(dy) < step:
+                continue
+            sh = Dp[:, radius + dy : radius + dy + H, radius + dx : radius + dx + W]
+            amb = amb.maximum((sh.permute(1, 2, 0) * D).sum(-1))
+    return amb
 
 
 def _blur(x, sigma: float):
