@@ -346,3 +346,17 @@ def test_loop_closure_retrieval_with_the_asmk_database(loop, frames, noisy):
             near.append(min(abs(hits[0] - i), 59 - abs(hits[0] - i)) <= 6)
     assert np.mean(near) >= 0.8, near  # the best hit is (almost always) a neighbouring keyframe
     assert {0, 3} & set(hits), hits  # keyframe 57 finds the start of the loop
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(loop, frames, noisy):
+    gpu = make_oracle_prior(loop, {"img_size": IMG}, device="cuda")
+    fi, fj = frames[0:4], frames[1:5]
+    S_cpu = noisy.symmetric(fi, fj)
+    S_gpu = gpu.symmetric([f for f in fi], [f for f in fj])
+    assert S_gpu.X.is_cuda and S_gpu.D.is_cuda
+    torch.testing.assert_close(S_gpu.X.cpu(), S_cpu.X, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(S_gpu.C.cpu(), S_cpu.C, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(S_gpu.D.cpu(), S_cpu.D, atol=1e-4, rtol=1e-4)
+    assert gpu.retrieval_features(frames[3]).is_cuda
