@@ -267,7 +267,7 @@ def build_room(seed: int = 0, near_objects: bool = True) -> Scene:
     )
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=1)  # textures take ~90 MB: keep only the last room
 def _build_room(seed: int, near_objects: bool) -> Scene:
     """The furnished 8 x 6 x 2.8 m room shared by every sequence (textures depend on ``seed``).
 
