@@ -47,6 +47,10 @@ class Backend:
     def _retrieve(self, frame: Frame, add: bool) -> list[int]:
         feats = self.prior.retrieval_features(frame)
         r = self.cfg.retrieval
+        if r.k <= 0:  # retrieval off: keep the database ids in step, return no candidates
+            if add:
+                self.db.add(feats)
+            return []
         hits = self.db.update(feats, add_after_query=add, k=r.k, min_thresh=r.min_thresh)
         return [int(h) for h in hits]
 

@@ -106,9 +106,9 @@ class FactorGraph:
     # ------------------------------------------------------------------------------------------
     def solve(self) -> torch.Tensor | None:
         """Global Gauss-Newton over the keyframes in the graph; writes poses back to the store."""
-        if len(self) == 0:
-            return None
         lo = self.cfg.local_opt
+        if len(self) == 0 or lo.max_iters <= 0:  # max_iters 0: no global optimisation (frontend only)
+            return None
         unique = torch.unique(torch.cat([self.ii, self.jj]))  # sorted
         if unique.numel() <= lo.pin:
             return None
