@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..lie import Sim3, skew
+from ..lie import Sim3
 
 Tensor = torch.Tensor
 

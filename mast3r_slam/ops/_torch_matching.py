@@ -17,41 +17,27 @@ _REFINE_CHUNK_ELEMS_CPU = 1 << 21
 _REFINE_CHUNK_ELEMS_GPU = 1 << 26
 
 
-def _gather_pixels(img: Tensor, idx: Tensor, channels: int) -> Tensor:
-    """img [B, HW, C] at linear indices idx [B, N] -> [B, N, channels] (first channels only).
-
-    Rows are gathered with ``index_select`` on the flattened [B * HW, C] image (much faster on
-    the CPU than ``torch.gather`` with an index expanded over the channels)."""
-    B, HW, C = img.shape
-    base = torch.arange(B, device=idx.device)[:, None] * HW
-    rows = torch.index_select(img.reshape(B * HW, C), 0, (idx + base).reshape(-1)).reshape(idx.shape + (C,))
-    return rows if channels == C else rows[..., :channels]
-
-
-def _bilinear(img: Tensor, u: Tensor, v: Tensor, W: int, channels: int) -> Tensor:
-    """Bilinear sample of img [B, HW, C] at float pixels (u, v) [B, N] inside [0, W-1) x [0, H-1).
-
-    Weights and summation order as the original kernel: the corner opposite to the area.
-    """
+def _bilinear(rows: Tensor, base: Tensor, u: Tensor, v: Tensor, W: int, channels: int) -> Tensor:
+    """Bilinear sample of the flattened image rows [B * HW, C] at float pixels (u, v) [B, N]
+    inside [0, W-1) x [0, H-1) (base [B, 1] = b * HW). Weights as the original kernel: each
+    corner weighted by the area opposite to it. One row gather for the four corners."""
     u0 = torch.floor(u)
     v0 = torch.floor(v)
-    du = (u - u0)[..., None]
-    dv = (v - v0)[..., None]
-    i00 = v0.long() * W + u0.long()
-    r22 = _gather_pixels(img, i00, channels)  # (u0, v0)
-    r21 = _gather_pixels(img, i00 + 1, channels)  # (u0+1, v0)
-    r12 = _gather_pixels(img, i00 + W, channels)  # (u0, v0+1)
-    r11 = _gather_pixels(img, i00 + W + 1, channels)  # (u0+1, v0+1)
-    w11 = du * dv
-    w12 = (1.0 - du) * dv
-    w21 = du * (1.0 - dv)
-    w22 = (1.0 - du) * (1.0 - dv)
-    return w11 * r11 + w12 * r12 + w21 * r21 + w22 * r22
+    du = u - u0
+    dv = v - v0
+    i00 = v0.long() * W + u0.long() + base
+    idx = torch.stack([i00 + W + 1, i00 + W, i00 + 1, i00], dim=-1)  # (u0+1,v0+1), (u0,v0+1), (u0+1,v0), (u0,v0)
+    C = rows.shape[-1]
+    corners = torch.index_select(rows, 0, idx.reshape(-1)).reshape(idx.shape + (C,))
+    if channels != C:
+        corners = corners[..., :channels]
+    w = torch.stack([du * dv, (1.0 - du) * dv, du * (1.0 - dv), (1.0 - du) * (1.0 - dv)], dim=-1)
+    return (w[..., None] * corners).sum(-2)
 
 
-def _ray_cost(img: Tensor, u: Tensor, v: Tensor, W: int, target: Tensor, channels: int):
+def _ray_cost(rows: Tensor, base: Tensor, u: Tensor, v: Tensor, W: int, target: Tensor, channels: int):
     """Interpolate, normalise the ray, return (error [B,N,3], cost [B,N], samples [B,N,channels])."""
-    s = _bilinear(img, u, v, W, channels)
+    s = _bilinear(rows, base, u, v, W, channels)
     r = s[..., :3]
     r = r * (1.0 / torch.sqrt((r * r).sum(-1, keepdim=True)))
     err = r - target
@@ -73,13 +59,14 @@ def _iter_proj(
     last iteration).
     """
     B, H, W, _ = rays_with_grad.shape
-    img = rays_with_grad.reshape(B, H * W, 9)
+    rows = rays_with_grad.reshape(B * H * W, 9)
+    base = torch.arange(B, device=rows.device)[:, None] * (H * W)
     u = p_init[..., 0].clamp(1.0, W - 2.0)
     v = p_init[..., 1].clamp(1.0, H - 2.0)
     lam = torch.full_like(u, lambda_init)
     converged = torch.zeros(u.shape, dtype=torch.bool, device=u.device)
     for _ in range(max_iter):
-        err, cost, s = _ray_cost(img, u, v, W, target_rays, 9)
+        err, cost, s = _ray_cost(rows, base, u, v, W, target_rays, 9)
         gx = s[..., 3:6]
         gy = s[..., 6:9]
         A00 = (gx * gx).sum(-1) + lam
@@ -90,7 +77,7 @@ def _iter_proj(
         det_inv = 1.0 / (A00 * A11 - A01 * A01)
         u_new = (u + det_inv * (A11 * b0 - A01 * b1)).clamp(1.0, W - 2.0)
         v_new = (v + det_inv * (-A01 * b0 + A00 * b1)).clamp(1.0, H - 2.0)
-        _, new_cost, _ = _ray_cost(img, u_new, v_new, W, target_rays, 3)
+        _, new_cost, _ = _ray_cost(rows, base, u_new, v_new, W, target_rays, 3)
         accept = new_cost < cost
         u = torch.where(accept, u_new, u)
         v = torch.where(accept, v_new, v)
@@ -133,55 +120,47 @@ def _refine_matches(
     """
     B, H, W, Fdim = D11.shape
     N = p1.shape[1]
+    dev = D11.device
     half = D11.dtype == torch.float16
     if fp16_exact is None:
         fp16_exact = half and not D11.is_cuda
-    D11f = D11.reshape(B, H * W, Fdim)
+    D11_rows = D11.reshape(B * H * W, Fdim)
+    batch_base = (torch.arange(B, device=dev) * (H * W))[:, None]
     u_c = p1[..., 0].clone()
     v_c = p1[..., 1].clone()
-    best = torch.zeros((B, N), dtype=torch.float32, device=D11.device)
-    neg_inf = torch.tensor(float("-inf"), device=D11.device)
+    best = torch.zeros((B, N), dtype=torch.float32, device=dev)
 
     n_side = 2 * radius + 1
     n_off = n_side * n_side
-    k = torch.arange(n_off, device=D11.device)
-    off_u_unit = k // n_side - radius  # u outer
-    off_v_unit = k % n_side - radius  # v inner
+    unit = torch.arange(-radius, radius + 1, device=dev)
     budget = _REFINE_CHUNK_ELEMS_GPU if D11.is_cuda else _REFINE_CHUNK_ELEMS_CPU
     chunk = max(1, min(n_off, budget // max(1, B * N * Fdim)))
-    batch_base = (torch.arange(B, device=D11.device) * (H * W))[:, None, None]
-    D11_rows = D11f.reshape(B * H * W, Fdim)
+    score = torch.empty((B, N, n_off), dtype=torch.float32, device=dev)
 
     for d in range(dilation_max, 0, -1):
-        level_best = torch.full((B, N), float("-inf"), dtype=torch.float32, device=D11.device)
-        level_u = u_c
-        level_v = v_c
+        # the level's candidates: a (2r+1) x (2r+1) grid, u outer and v inner (the scan order)
+        cu = u_c[..., None] + unit * d  # [B, N, 2r+1]
+        cv = v_c[..., None] + unit * d
+        in_u = (cu >= 0) & (cu < W)
+        in_v = (cv >= 0) & (cv < H)
+        inside = (in_u[..., :, None] & in_v[..., None, :]).reshape(B, N, n_off)
+        lin = (cv.clamp(0, H - 1)[..., None, :] * W + cu.clamp(0, W - 1)[..., :, None]).reshape(B, N, n_off)
+        lin = lin + batch_base[..., None]
         for c0 in range(0, n_off, chunk):
-            ou = off_u_unit[c0 : c0 + chunk] * d
-            ov = off_v_unit[c0 : c0 + chunk] * d
-            cu = u_c[..., None] + ou  # [B, N, c]
-            cv = v_c[..., None] + ov
-            inside = (cu >= 0) & (cu < W) & (cv >= 0) & (cv < H)
-            lin = torch.where(inside, cv * W + cu, torch.zeros_like(cu)) + batch_base
-            cand = torch.index_select(D11_rows, 0, lin.reshape(-1)).reshape(B, N, -1, Fdim)
+            c1 = min(n_off, c0 + chunk)
+            cand = torch.index_select(D11_rows, 0, lin[..., c0:c1].reshape(-1)).reshape(B, N, c1 - c0, Fdim)
             if half and fp16_exact:
-                score = _dot_fp16_sequential(cand, D21[:, :, None, :])
+                score[..., c0:c1] = _dot_fp16_sequential(cand, D21[:, :, None, :])
             elif half:
-                score = (cand * D21[:, :, None, :]).sum(-1, dtype=torch.float16).float()
+                score[..., c0:c1] = (cand * D21[:, :, None, :]).sum(-1, dtype=torch.float16).float()
             elif D11.is_cuda:
-                score = (cand * D21[:, :, None, :]).sum(-1)
+                score[..., c0:c1] = (cand * D21[:, :, None, :]).sum(-1)
             else:
-                score = torch.einsum("bncf,bnf->bnc", cand, D21)
-            score = torch.where(inside, score, neg_inf)
-            cmax, carg = score.max(dim=-1)  # first maximum within the chunk (scan order)
-            cbest_u = torch.gather(cu, -1, carg[..., None])[..., 0]
-            cbest_v = torch.gather(cv, -1, carg[..., None])[..., 0]
-            take = cmax > level_best
-            level_best = torch.where(take, cmax, level_best)
-            level_u = torch.where(take, cbest_u, level_u)
-            level_v = torch.where(take, cbest_v, level_v)
-        better = level_best > best
+                score[..., c0:c1] = torch.einsum("bncf,bnf->bnc", cand, D21)
+        score.masked_fill_(~inside, float("-inf"))
+        level_best, arg = score.max(dim=-1)  # first maximum in scan order
+        better = level_best > best  # strictly better than all levels so far
         best = torch.where(better, level_best, best)
-        u_c = torch.where(better, level_u, u_c)
-        v_c = torch.where(better, level_v, v_c)
+        u_c = torch.where(better, torch.gather(cu, -1, (arg // n_side)[..., None])[..., 0], u_c)
+        v_c = torch.where(better, torch.gather(cv, -1, (arg % n_side)[..., None])[..., 0], v_c)
     return torch.stack([u_c, v_c], dim=-1)
