@@ -38,7 +38,7 @@ def _run(g: dict, variant: str, max_iter: int, device="cpu", **over):
 def test_gn_matches_original(golden_gn, variant, iters):
     Twc, dx = _run(golden_gn, variant, iters)
     tol = POSE_ATOL[iters]
-    # measured: <= 6e-6 after 1 iteration and <= 6e-7 after 10 (float64 sums, see _torch_gn)
+    # measured on the CPU: <= 8e-6 after 1 iteration and <= 2e-6 after 10 (blocked sums, see _torch_gn)
     assert (Twc - golden_gn[f"{variant}_iters{iters}_Twc"]).abs().max().item() < tol
     assert (dx - golden_gn[f"{variant}_iters{iters}_dx"]).abs().max().item() < tol
     assert torch.equal(Twc[0], golden_gn["Twc_init"][0])  # the lowest keyframe id is fixed
