@@ -48,6 +48,8 @@ class MatchingConfig:
     dist_thresh: float = 0.1
     radius: int = 3
     dilation_max: int = 5
+    subpixel: bool = True  # ours: track with sub-pixel matches (the original truncated them; docs/QUIRKS.md)
+    subpixel_iters: int = 3  # projective iterations that polish the refined match to sub-pixel precision
 
 
 @dataclass

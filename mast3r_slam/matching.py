@@ -22,7 +22,7 @@ from . import ops
 
 Tensor = torch.Tensor
 
-__all__ = ["match", "Matcher", "make_matcher", "prepare_rays", "ray_image_gradients", "pixel_to_lin", "lin_to_pixel"]
+__all__ = ["match", "Matcher", "make_matcher", "subpixel_positions", "sample_pointmap", "prepare_rays", "ray_image_gradients", "pixel_to_lin", "lin_to_pixel"]
 
 
 def pixel_to_lin(p: Tensor, W: int) -> Tensor:
@@ -168,3 +168,40 @@ def make_matcher(cfg, revalidate: bool = False) -> Matcher:
         dilation_max=cfg.dilation_max,
         revalidate=revalidate,
     )
+
+
+def subpixel_positions(
+    X11: Tensor,  # [HW, 3] image 1's points in camera 1
+    X21: Tensor,  # [HW, 3] image 2's points in camera 1
+    idx_1_to_2: Tensor,  # [HW] int64 integer matches (e.g. after descriptor refinement)
+    H: int,
+    W: int,
+    iters: int = 3,
+    lambda_init: float = 1e-8,
+) -> Tensor:
+    """Polish integer matches to sub-pixel positions in image 1 [HW, 2] (u, v) float.
+
+    A few projective iterations started at the (refined) integer match converge to the
+    position whose ray agrees with X21's ray, so that downstream residuals do not inherit the
+    integer rounding (which is nearly constant over neighbouring pixels and biases poses).
+    """
+    rays_with_grad, target = prepare_rays(X11.reshape(1, H, W, 3).float(), X21.reshape(1, H, W, 3).float())
+    p0 = lin_to_pixel(idx_1_to_2[None], W).float().contiguous()
+    p, _ = ops.iter_proj(rays_with_grad, target, p0, iters, lambda_init, 0.0)
+    return p[0]
+
+
+def sample_pointmap(X: Tensor, p: Tensor, H: int, W: int) -> Tensor:
+    """Bilinear samples of a flattened map X [HW, C] at float pixels p [N, 2] (u, v) -> [N, C]."""
+    C = X.shape[-1]
+    u = p[:, 0].clamp(0, W - 1)
+    v = p[:, 1].clamp(0, H - 1)
+    u0 = u.floor().clamp(max=W - 2)
+    v0 = v.floor().clamp(max=H - 2)
+    du = (u - u0)[:, None].to(X.dtype)
+    dv = (v - v0)[:, None].to(X.dtype)
+    i00 = (u0 + W * v0).long()
+    Xf = X.reshape(H * W, C)
+    x00, x01 = Xf[i00], Xf[i00 + 1]
+    x10, x11 = Xf[i00 + W], Xf[i00 + W + 1]
+    return (1 - dv) * ((1 - du) * x00 + du * x01) + dv * ((1 - du) * x10 + du * x11)

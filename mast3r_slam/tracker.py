@@ -21,7 +21,7 @@ from .frame import Frame
 from .fusion import make_fusion
 from .geometry import constrain_points_to_ray, pixel_grid
 from .lie import Sim3
-from .matching import make_matcher
+from .matching import make_matcher, subpixel_positions, sample_pointmap
 from .priors.base import Prior
 
 
@@ -39,6 +39,8 @@ class TrackResult:
 class FrameTracker:
     def __init__(self, prior: Prior, tracking: TrackingConfig, matching: MatchingConfig, use_calib: bool = False):
         self.prior = prior
+        self.subpixel = matching.subpixel
+        self.subpixel_iters = matching.subpixel_iters
         self.cfg = tracking
         self.matcher = make_matcher(matching)
         self.fuse = make_fusion(tracking.filtering_mode, tracking.filtering_score)
@@ -70,7 +72,13 @@ class FrameTracker:
         if self.use_calib:
             Xf_all = constrain_points_to_ray(Xf_all, keyframe.K, H, W)
             Xk = constrain_points_to_ray(Xk, keyframe.K, H, W)
-        Xf = Xf_all[idx_f2k]
+        if self.subpixel:
+            # fixed quirk: the original used the truncated integer match, a bias of up to a pixel
+            # that is the same for neighbouring pixels (smooth flow) and so does not average out
+            p = subpixel_positions(res_f.X, res_k.X, idx_f2k, H, W, self.subpixel_iters)
+            Xf = sample_pointmap(Xf_all, p, H, W)
+        else:
+            Xf = Xf_all[idx_f2k]
         Cf = frame.C_avg()[idx_f2k]
         Ck = keyframe.C_avg()
         valid_Q = Qk > cfg.Q_conf
