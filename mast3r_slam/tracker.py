@@ -23,6 +23,7 @@ from .geometry import constrain_points_to_ray, pixel_grid
 from .lie import Sim3
 from .matching import make_matcher, subpixel_positions, sample_pointmap
 from .priors.base import Prior
+from .timing import timed
 
 
 @dataclass
@@ -58,10 +59,12 @@ class FrameTracker:
         """Track ``frame`` against ``keyframe`` (whose canonical map is fused in place on success)."""
         cfg = self.cfg
         H, W = frame.img_shape
-        res_f, res_k = self.prior.asymmetric(frame, keyframe)  # X^f_f, X^f_k (both in camera f)
+        with timed("frontend.prior_pair"):
+            res_f, res_k = self.prior.asymmetric(frame, keyframe)  # X^f_f, X^f_k (both in camera f)
         shp = (1, H, W, -1)
         idx_init = None if self.idx_f2k is None else self.idx_f2k[None]
-        idx, valid_match = self.matcher(res_f.X.reshape(shp), res_k.X.reshape(shp), res_f.D.reshape(shp), res_k.D.reshape(shp), idx_init)
+        with timed("frontend.matching"):
+            idx, valid_match = self.matcher(res_f.X.reshape(shp), res_k.X.reshape(shp), res_f.D.reshape(shp), res_k.D.reshape(shp), idx_init)
         idx_f2k, valid_match_k = idx[0], valid_match[0]  # [HW], [HW, 1]
         self.idx_f2k = idx_f2k
         Qk = torch.sqrt(res_f.Q[idx_f2k] * res_k.Q)  # [HW, 1]
@@ -75,8 +78,9 @@ class FrameTracker:
         if self.subpixel:
             # fixed quirk: the original used the truncated integer match, a bias of up to a pixel
             # that is the same for neighbouring pixels (smooth flow) and so does not average out
-            p = subpixel_positions(res_f.X, res_k.X, idx_f2k, H, W, self.subpixel_iters)
-            Xf = sample_pointmap(Xf_all, p, H, W)
+            with timed("frontend.subpixel"):
+                p = subpixel_positions(res_f.X, res_k.X, idx_f2k, H, W, self.subpixel_iters)
+                Xf = sample_pointmap(Xf_all, p, H, W)
         else:
             Xf = Xf_all[idx_f2k]
         Cf = frame.C_avg()[idx_f2k]
@@ -90,20 +94,8 @@ class FrameTracker:
 
         T_init = self.T_CkCf_prev if self.T_CkCf_prev is not None else Sim3.identity(1, device=frame.device)
         sqrt_w = valid_opt.float() * torch.sqrt(Qk)
-        if self.use_calib:
-            meas_k, valid_meas_k = ops.calib_measurements(Xk, H, W, cfg.depth_eps)
-            sol = ops.track_calib(
-                T_init.reshape(8), Xf, meas_k, valid_meas_k, sqrt_w, keyframe.K, H, W,
-                sigma_pixel=cfg.sigma_pixel, sigma_depth=cfg.sigma_depth, pixel_border=cfg.pixel_border,
-                depth_eps=cfg.depth_eps, huber=cfg.huber,
-                max_iters=cfg.max_iters, rel_error=cfg.rel_error, delta_norm=cfg.delta_norm,
-            )
-        else:
-            sol = ops.track_rays(
-                T_init.reshape(8), Xf, Xk, sqrt_w,
-                sigma_ray=cfg.sigma_ray, sigma_dist=cfg.sigma_dist, huber=cfg.huber,
-                max_iters=cfg.max_iters, rel_error=cfg.rel_error, delta_norm=cfg.delta_norm,
-            )
+        with timed("frontend.tracking_solve"):
+            sol = self._solve(T_init, Xf, Xk, sqrt_w, keyframe.K, H, W)
         if bool(sol.failed):
             return TrackResult(False, False, None, match_frac, 0.0, reason="Cholesky failure in the tracking solve")
         T_CkCf = sol.T_CkCf.reshape(1, 8)
@@ -111,7 +103,8 @@ class FrameTracker:
         frame.T_WC = Sim3.mul(keyframe.T_WC, T_CkCf)
 
         # keyframe fusion with the keyframe's points predicted in f, moved into the keyframe
-        self.fuse(keyframe, Sim3.act(T_CkCf, res_k.X), res_k.C)
+        with timed("frontend.fusion"):
+            self.fuse(keyframe, Sim3.act(T_CkCf, res_k.X), res_k.C)
 
         # keyframe decision (unique fraction uses the unfiltered matches, as the original)
         match_frac_k = valid_kf.float().mean()
@@ -121,3 +114,20 @@ class FrameTracker:
         if new_kf:
             self.reset()
         return TrackResult(True, new_kf, T_CkCf, match_frac, kf_frac, iterations=int(sol.num_iters))
+
+    def _solve(self, T_init, Xf, Xk, sqrt_w, K, H, W):
+        cfg = self.cfg
+        if self.use_calib:
+            meas_k, valid_meas_k = ops.calib_measurements(Xk, H, W, cfg.depth_eps)
+            return ops.track_calib(
+                T_init.reshape(8), Xf, meas_k, valid_meas_k, sqrt_w, K, H, W,
+                sigma_pixel=cfg.sigma_pixel, sigma_depth=cfg.sigma_depth, pixel_border=cfg.pixel_border,
+                depth_eps=cfg.depth_eps, huber=cfg.huber,
+                max_iters=cfg.max_iters, rel_error=cfg.rel_error, delta_norm=cfg.delta_norm,
+            )
+        else:
+            return ops.track_rays(
+                T_init.reshape(8), Xf, Xk, sqrt_w,
+                sigma_ray=cfg.sigma_ray, sigma_dist=cfg.sigma_dist, huber=cfg.huber,
+                max_iters=cfg.max_iters, rel_error=cfg.rel_error, delta_norm=cfg.delta_norm,
+            )

@@ -20,6 +20,7 @@ from ..retrieval import RetrievalDatabase
 from ..runtime.store import KeyframeStore
 from .factor_graph import FactorGraph
 from .keyframe_cache import KeyframeCache
+from ..timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class Backend:
 
     def add_keyframe(self, idx: int) -> int:
         """Edges to the previous keyframe and retrieval hits, then a global solve. Returns edges added."""
+        with timed("backend.keyframe"):
+            return self._add_keyframe(idx)
+
+    def _add_keyframe(self, idx: int) -> int:
         if idx != self.n_inserted:
             raise RuntimeError(f"backend: keyframe {idx} arrived but the database holds {self.n_inserted} images")
         frame = self.keyframes.frame(idx)
@@ -74,7 +79,8 @@ class Backend:
             added = stats.added
             self.loop_closures += sum(1 for (i, j, f) in stats.fractions if i != j - 1 and f >= self.cfg.local_opt.min_match_frac)
         self._publish_edges()
-        self.graph.solve()
+        with timed("backend.global_opt"):
+            self.graph.solve()
         return added
 
     def relocalise(self, frame: Frame) -> RelocResult:

@@ -17,6 +17,7 @@ from ..config import Config
 from ..geometry import constrain_points_to_ray
 from ..priors.base import Prior
 from .keyframe_cache import KeyframeCache
+from ..timing import timed
 
 
 @dataclass
@@ -66,7 +67,8 @@ class FactorGraph:
         jj_t = torch.as_tensor(jj, dtype=torch.long, device=d)
         frames_i = [self.kf.frame(int(i)) for i in ii]
         frames_j = [self.kf.frame(int(j)) for j in jj]
-        pred = self.prior.symmetric(frames_i, frames_j)  # [4, B, HW, c]: ii, ji, jj, ij
+        with timed("backend.prior_pairs"):
+            pred = self.prior.symmetric(frames_i, frames_j)  # [4, B, HW, c]: ii, ji, jj, ij
         X, D, Q = pred.X, pred.D, pred.Q
         B = len(ii)
         H, W = frames_i[0].img_shape
@@ -75,7 +77,8 @@ class FactorGraph:
         D11 = torch.cat([D[0], D[2]])
         D21 = torch.cat([D[1], D[3]])
         shp = (2 * B, H, W, -1)
-        idx, valid = self.matcher(X11.reshape(shp), X21.reshape(shp), D11.reshape(shp), D21.reshape(shp))
+        with timed("backend.matching"):
+            idx, valid = self.matcher(X11.reshape(shp), X21.reshape(shp), D11.reshape(shp), D21.reshape(shp))
         idx_i2j, idx_j2i = idx[:B], idx[B:]
         valid_j, valid_i = valid[:B], valid[B:]
         Q_j = torch.sqrt(torch.gather(Q[0], 1, idx_i2j[..., None]) * Q[1])
