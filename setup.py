@@ -37,7 +37,7 @@ def _cuda_extension():
         name="mast3r_slam._C",
         sources=sources,
         include_dirs=[os.path.join(here, "csrc")],
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]},
     )
     return [ext], {"build_ext": BuildExtension}
 
