@@ -230,6 +230,10 @@ def _validate(cls, data: Any, origin: str, prefix: str = "") -> None:
         raise ConfigError(
             f"{origin}: 'tracking.filtering_mode' must be one of {', '.join(_FILTERING_MODES)}, got {data['filtering_mode']!r}"
         )
+    if cls is DatasetConfig and data.get("img_downsample", 1) != 1:
+        raise ConfigError(f"{origin}: 'dataset.img_downsample' must be 1 (the original's downsampling was inconsistent and is not supported)")
+    if cls is DatasetConfig and "img_size" in data and (data["img_size"] < 32 or data["img_size"] % 16):
+        raise ConfigError(f"{origin}: 'dataset.img_size' must be a multiple of 16 and at least 32, got {data['img_size']!r}")
     if cls is NetworkConfig and "precision" in data and data["precision"] not in ("fp32", "fp16", "bf16"):
         raise ConfigError(f"{origin}: 'network.precision' must be fp32, fp16 or bf16, got {data['precision']!r}")
     if cls is TrackingConfig and "filtering_score" in data and data["filtering_score"] not in ("median", "mean"):
