@@ -37,3 +37,12 @@ def test_bad_arguments_one_line(args, code, frag):
     assert frag in err
     assert len(err.splitlines()) == 1, err
     assert "Traceback" not in r.stderr
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
+    lines = [l for l in (ROOT / "README.md").read_text().splitlines() if l.strip()]
+    assert lines[1] == "```bash"
+    run_cmd, test_cmd = lines[2], lines[3]
+    assert "main.py" in run_cmd and "scripts/setup.sh" in run_cmd
+    assert "pytest" in test_cmd and "scripts/setup.sh --test" in test_cmd
+    assert test_cmd in (ROOT / ".ci" / "run").read_text()
