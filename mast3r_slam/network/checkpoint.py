@@ -274,23 +274,29 @@ def load_mast3r(
     *,
     dtype=None,
     head_weight_dtype=None,
+    head_dtype=None,
     attention: str = "sdpa",
     cuda_graphs: bool = False,
     tf32: bool = True,
+    channels_last: bool = False,
     trust_pickle: bool = False,
 ):
     """Load the MASt3R network from an official ``.pth`` file.
 
-    ``dtype`` (fp32 / fp16 / bf16; default fp32) sets the trunk precision, ``head_weight_dtype`` the
-    storage of the head weights (default: ``dtype``; heads always compute in fp32), ``attention``
-    'sdpa' or 'math', ``cuda_graphs`` captures encode/decode per shape (CUDA only), ``tf32`` allows
-    TF32 on the GPU like the original.
+    ``dtype`` (fp32 / fp16 / bf16; default fp32) sets the trunk precision, ``head_dtype`` the heads'
+    compute precision (default fp32 like the original; fp16 / bf16 run the DPT convolutions and the
+    local-feature MLP in half precision, post-processing in fp32), ``head_weight_dtype`` the storage
+    of the head weights (default: ``head_dtype`` if half, else ``dtype``), ``attention`` 'sdpa' or
+    'math', ``cuda_graphs`` captures encode/decode per shape (CUDA only), ``tf32`` allows TF32 on the
+    GPU like the original, ``channels_last`` runs the DPT heads on NHWC maps.
     """
     path = Path(path)
     ckpt = load_torch_file(path, "MASt3R checkpoint", trust_pickle=trust_pickle)
     model = build_mast3r(ckpt, str(path))
     del ckpt
-    model.configure(device, dtype or torch.float32, head_weight_dtype)
+    model.configure(device, dtype or torch.float32, head_weight_dtype, head_dtype=head_dtype or torch.float32)
+    if channels_last:
+        model.set_channels_last(True)
     model.set_attention(attention)
     model.tf32 = tf32
     if cuda_graphs:

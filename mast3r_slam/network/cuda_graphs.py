@@ -71,10 +71,39 @@ class CudaGraphRunner:
         return _Entry(graph, inputs, outputs)
 
     def __call__(self, key, *tensors: torch.Tensor, **static_kwargs):
+        return self.run(key, tensors, static_kwargs)
+
+    def run(self, key, tensors, static_kwargs=None, *, batch: int | None = None, clone: bool = True):
+        """Replay the graph of ``key`` (captured on first use) on ``tensors``.
+
+        ``batch``: the captured batch size when the tensors may hold fewer rows (dim 0): they are
+        copied into the leading rows of the static inputs, the other rows keep earlier valid inputs
+        (rows must be independent; their outputs are to be ignored). At capture, short inputs are
+        padded by repeating their last row. ``clone=False`` returns the static outputs themselves:
+        valid only until the next replay of any graph of this runner (they share a memory pool).
+        """
+        static_kwargs = static_kwargs or {}
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._graphs[key] = self._capture(tensors, static_kwargs)
+            if batch is not None:
+                tensors = tuple(_pad_rows(t, batch) for t in tensors)
+            entry = self._graphs[key] = self._capture(tuple(tensors), static_kwargs)
         for dst, src in zip(entry.inputs, tensors):
-            dst.copy_(src)
+            if src.shape[0] == dst.shape[0]:
+                dst.copy_(src)
+            else:
+                dst[: src.shape[0]].copy_(src)
         entry.graph.replay()
+        if not clone:
+            return entry.outputs
         return _tree_map(lambda t: t.clone(), entry.outputs)
+
+
+def _pad_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """t [m, ...] -> [n, ...] by repeating its last row (m <= n)."""
+    m = t.shape[0]
+    if m == n:
+        return t
+    if m > n or m == 0:
+        raise ValueError(f"CudaGraphRunner: cannot pad {m} rows to a batch of {n}")
+    return torch.cat([t, t[-1:].expand(n - m, *t.shape[1:])])

@@ -4,9 +4,17 @@ One head per view: a DPT branch (3D points + confidence) over the encoder output
 layers ``arch.hooks``, and a local-feature MLP over [encoder output, last decoder layer] whose
 output is pixel-shuffled to full resolution (descriptor + descriptor confidence).
 
-The heads always compute in fp32 (inputs are cast with ``.float()``). Their weights may be
-*stored* in half precision to save GPU memory; the ``F32*`` layers below cast them to fp32 on the
-fly, so the arithmetic stays fp32.
+Precision: the heads compute in ``Mast3rHead.compute_dtype`` (fp32 by default, like the original,
+which runs them outside autocast). With fp16/bf16 (``Mast3rModel.configure(head_dtype=...)``) the
+DPT convolutions, the bilinear upsampling and the local-feature MLP run in half precision on
+half-precision weights, and only the small raw outputs (4 + 25 channels per pixel) are converted
+to fp32 for the post-processing (norms, exp/expm1, normalisation), which always runs in fp32.
+The weights may be *stored* in another dtype than the compute dtype (e.g. half storage, fp32
+compute); the ``F32*`` layers below then cast them to the input's dtype on the fly.
+
+The DPT's kernel-equals-stride transposed convolutions (4x4/4 and 2x2/2 upsampling of the token
+maps) run as one matrix product plus a pixel shuffle (``ConvTranspose2d`` kernels are slow for
+these shapes); the sums are the same up to rounding order.
 """
 from __future__ import annotations
 
@@ -30,10 +38,40 @@ class F32Conv2d(nn.Conv2d):
 
 
 class F32ConvTranspose2d(nn.ConvTranspose2d):
+    #: run kernel == stride (non-overlapping) transposed convolutions as a matmul + pixel shuffle
+    use_matmul = True
+
+    def _is_patchwise(self) -> bool:
+        k, s = self.kernel_size, self.stride
+        return (k == s and self.padding == (0, 0) and self.output_padding == (0, 0) and self.groups == 1
+                and self.dilation == (1, 1))
+
     def forward(self, x):
         b = None if self.bias is None else self.bias.to(x.dtype)
-        return F.conv_transpose2d(x, self.weight.to(x.dtype), b, self.stride, self.padding,
-                                  self.output_padding, self.groups, self.dilation)
+        w = self.weight.to(x.dtype)
+        if self.use_matmul and self._is_patchwise():
+            return _patchwise_conv_transpose(x, w, b, self.stride)
+        return F.conv_transpose2d(x, w, b, self.stride, self.padding, self.output_padding, self.groups, self.dilation)
+
+
+def _patchwise_conv_transpose(x: torch.Tensor, w: torch.Tensor, b, stride) -> torch.Tensor:
+    """conv_transpose2d with kernel == stride, no padding: every input pixel writes its own s x s patch.
+
+    x [B, C, h, w] (any memory format), w [C, O, sh, sw] -> [B, O, h*sh, w*sw] in x's memory format.
+    out[b, o, i*sh+p, j*sw+q] = bias[o] + sum_c x[b, c, i, j] w[c, o, p, q].
+    """
+    B, C, h, wd = x.shape
+    O, sh, sw = w.shape[1], stride[0], stride[1]
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    xt = x.permute(0, 2, 3, 1).reshape(B * h * wd, C)  # a view when x is channels-last
+    if cl:  # columns ordered (p, q, o): the result is already NHWC within each patch row
+        wm = w.permute(0, 2, 3, 1).reshape(C, sh * sw * O)
+        y = xt @ wm if b is None else torch.addmm(b.repeat(sh * sw), xt, wm)  # [B h w, sh sw O]
+        y = y.view(B, h, wd, sh, sw, O).permute(0, 1, 3, 2, 4, 5).reshape(B, h * sh, wd * sw, O)
+        return y.permute(0, 3, 1, 2)  # NCHW view of an NHWC tensor (channels-last)
+    wm = w.reshape(C, O * sh * sw)  # columns ordered (o, p, q)
+    y = xt @ wm if b is None else torch.addmm(b.repeat_interleave(sh * sw), xt, wm)  # [B h w, O sh sw]
+    return y.view(B, h, wd, O, sh, sw).permute(0, 3, 1, 4, 2, 5).reshape(B, O, h * sh, wd * sw)
 
 
 def _up2(x: torch.Tensor) -> torch.Tensor:
@@ -133,6 +171,7 @@ class Mast3rHead(nn.Module):
     def __init__(self, arch: Mast3rArch):
         super().__init__()
         self.arch = arch
+        self.compute_dtype = torch.float32  # fp32 (original), fp16 or bf16; post-processing is fp32 always
         self.dpt = DPTHead(arch)
         c = arch.enc_embed_dim + arch.dec_embed_dim
         self.head_local_features = _LocalMlp(c, 4 * c, arch.local_feat_dim * arch.patch_size**2)
@@ -142,8 +181,8 @@ class Mast3rHead(nn.Module):
         H, W = shape
         p = self.arch.patch_size
         h, w = H // p, W // p
-        tokens = [t.float() for t in tokens]
-        raw_pts = self.dpt(tokens, (h, w))  # [B, 4, H, W]
+        tokens = [t.to(self.compute_dtype) for t in tokens]
+        raw_pts = self.dpt(tokens, (h, w))  # [B, 4, H, W] compute dtype
         cat = torch.cat((tokens[0], tokens[-1]), dim=-1)  # [B, N, C_enc + C_dec]
         loc = self.head_local_features(cat)  # [B, N, 25 * p^2]
         B = loc.shape[0]
@@ -165,8 +204,9 @@ def postprocess(raw_pts: torch.Tensor, raw_local: torch.Tensor, desc_dim: int) -
     """raw_pts [B, 4, H, W] (xyz, conf), raw_local [B, desc_dim + 1, H, W] -> output dict (channels last).
 
     pts3d = r / max(|r|, 1e-8) * expm1(|r|); conf = 1 + exp(c); desc = d / |d| (no epsilon);
-    desc_conf = exp(q).
+    desc_conf = exp(q). Computed in fp32 whatever the dtype of the raw outputs.
     """
+    raw_pts, raw_local = raw_pts.float(), raw_local.float()
     xyz = raw_pts[:, :3].permute(0, 2, 3, 1)  # [B, H, W, 3]
     d = xyz.norm(dim=-1, keepdim=True)
     pts3d = xyz / d.clip(min=1e-8) * torch.expm1(d)

@@ -9,10 +9,13 @@ Public methods (what SLAM and outside checks use):
 
 Speed options (all off by default except fused attention): :meth:`configure` moves the weights to a
 device and stores the trunk (encoder + decoder) in fp16/bf16 (LayerNorms and the residual stream
-stay fp32; heads compute in fp32), :meth:`set_attention` picks SDPA or explicit math,
-:meth:`enable_cuda_graphs` captures encode and decode per input shape, :meth:`enable_compile` wraps the
-trunk in ``torch.compile``. ``tf32`` (default on) allows TF32 matmuls/convolutions on the GPU, as
-the original runs (croco enables it on import).
+stay fp32) and sets the heads' compute precision (``head_dtype``: fp32 like the original, or
+fp16/bf16 with fp32 post-processing), :meth:`set_attention` picks SDPA or explicit math,
+:meth:`set_channels_last` runs the DPT heads on NHWC maps, :meth:`enable_cuda_graphs` captures
+encode and decode per input shape (decode batches split into captured chunk sizes),
+:meth:`enable_compile` wraps the trunk in ``torch.compile``. ``tf32`` (default on) allows TF32
+matmuls/convolutions on the GPU, as the original runs (croco enables it on import);
+``cudnn_benchmark`` (default on) autotunes the head convolutions, both only during the model's calls.
 """
 from __future__ import annotations
 
@@ -48,14 +51,36 @@ def as_dtype(dtype) -> torch.dtype:
 
 
 @contextlib.contextmanager
-def _tf32(enabled: bool):
+def _backend_flags(tf32: bool, cudnn_benchmark: bool):
+    """TF32 for matmuls / cuDNN convolutions and cuDNN autotuning, during the model's calls only."""
     m, c = torch.backends.cuda.matmul, torch.backends.cudnn
-    old = (m.allow_tf32, c.allow_tf32)
-    m.allow_tf32, c.allow_tf32 = enabled, enabled
+    old = (m.allow_tf32, c.allow_tf32, c.benchmark)
+    m.allow_tf32, c.allow_tf32, c.benchmark = tf32, tf32, cudnn_benchmark
     try:
         yield
     finally:
-        m.allow_tf32, c.allow_tf32 = old
+        m.allow_tf32, c.allow_tf32, c.benchmark = old
+
+
+def plan_chunks(n: int, sizes: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """Split a batch of ``n`` into chunks run at the captured batch ``sizes`` (ascending).
+
+    Greedy: the largest size <= what is left, else (a remainder smaller than every size) the
+    smallest size, padded. Returns ``(start, stop, size)`` triples; ``stop - start <= size``.
+    With sizes (1, 2, 4, 8): 6 -> 4 + 2, 11 -> 8 + 2 + 1, 16 -> 8 + 8 (no padding ever).
+    """
+    if n <= 0 or not sizes:
+        raise ValueError(f"plan_chunks: need n > 0 and at least one size, got n={n}, sizes={sizes}")
+    sizes = sorted(set(int(x) for x in sizes))
+    out, start = [], 0
+    while start < n:
+        left = n - start
+        fit = [x for x in sizes if x <= left]
+        size = fit[-1] if fit else sizes[0]
+        stop = min(n, start + size)
+        out.append((start, stop, size))
+        start = stop
+    return out
 
 
 class Mast3rModel(nn.Module):
@@ -67,6 +92,8 @@ class Mast3rModel(nn.Module):
         self.head1 = Mast3rHead(arch)
         self.head2 = Mast3rHead(arch)
         self.tf32 = True
+        self.cudnn_benchmark = True  # cuDNN autotuning of the head convolutions (GPU; per new shape)
+        self.graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8)  # decode batches captured as CUDA graphs
         self._encode_fn = self._encode_impl
         self._decode_fn = self._decode_impl
         self._enc_graphs: CudaGraphRunner | None = None
@@ -92,18 +119,33 @@ class Mast3rModel(nn.Module):
         self.decoder._ensure_stacked()
         return out
 
+    @property
+    def head_dtype(self) -> torch.dtype:
+        """Compute precision of the heads (fp32 = the original; post-processing is fp32 always)."""
+        return self.head1.compute_dtype
+
     @torch.no_grad()
-    def configure(self, device=None, dtype=None, head_weight_dtype=None) -> "Mast3rModel":
-        """Move weights to ``device`` and set the trunk precision, one tensor at a time (low peak memory).
+    def configure(self, device=None, dtype=None, head_weight_dtype=None, head_dtype=None) -> "Mast3rModel":
+        """Move weights to ``device`` and set the precisions, one tensor at a time (low peak memory).
 
         ``dtype``: fp32 / fp16 / bf16 for the encoder and decoder matmuls and convolutions (their
-        LayerNorms stay fp32). ``head_weight_dtype``: storage of the head weights (computed in fp32
-        either way); default = ``dtype``, so all weights take 1.38 GB in half precision.
+        LayerNorms stay fp32). ``head_dtype``: compute precision of the heads' DPT convolutions and
+        local-feature MLP (fp32 = the original, or fp16 / bf16; the post-processing stays fp32);
+        None keeps the current one (fp32 on a new model). ``head_weight_dtype``: storage of the head
+        weights; default = ``head_dtype`` when the heads compute in half precision, else ``dtype``
+        (half storage with fp32 compute casts the weights on the fly), so all weights take 1.37 GB
+        in half precision.
         """
         self._drop_graphs()
         device = torch.device(device) if device is not None else self.device
         dtype = as_dtype(dtype) if dtype is not None else self.trunk_dtype
-        head_dt = as_dtype(head_weight_dtype) if head_weight_dtype is not None else dtype
+        hdt = as_dtype(head_dtype) if head_dtype is not None else self.head_dtype
+        for head in (self.head1, self.head2):
+            head.compute_dtype = hdt
+        if head_weight_dtype is not None:
+            head_dt = as_dtype(head_weight_dtype)
+        else:
+            head_dt = hdt if hdt != torch.float32 else dtype
         for part, dt in ((self.encoder, dtype), (self.decoder, dtype), (self.head1, head_dt), (self.head2, head_dt)):
             for mod in part.modules():
                 target = torch.float32 if isinstance(mod, nn.LayerNorm) else dt
@@ -133,10 +175,20 @@ class Mast3rModel(nn.Module):
         self._drop_graphs()
         return self
 
-    def enable_cuda_graphs(self, enabled: bool = True) -> "Mast3rModel":
-        """Capture encode / decode as CUDA graphs per input shape (CUDA only; first call per shape captures)."""
+    def enable_cuda_graphs(self, enabled: bool = True, batch_sizes=None) -> "Mast3rModel":
+        """Capture encode / decode as CUDA graphs per input shape (CUDA only; first call per shape captures).
+
+        Decodes of B pairs are split into chunks of the captured ``batch_sizes`` (default
+        ``self.graph_batch_sizes`` = 1, 2, 4, 8; see :func:`plan_chunks`), so any B replays at
+        most a few graphs and only len(batch_sizes) graphs are captured per image size.
+        """
         if enabled and self.device.type != "cuda":
             raise ValueError("enable_cuda_graphs: the model is not on a CUDA device")
+        if batch_sizes is not None:
+            sizes = tuple(sorted(set(int(x) for x in batch_sizes)))
+            if not sizes or sizes[0] < 1:
+                raise ValueError(f"enable_cuda_graphs: batch_sizes must be positive integers, got {batch_sizes!r}")
+            self.graph_batch_sizes = sizes
         self._enc_graphs = CudaGraphRunner(self._encode_fn) if enabled else None
         self._dec_graphs = CudaGraphRunner(self._decode_fn) if enabled else None
         return self
@@ -173,7 +225,7 @@ class Mast3rModel(nn.Module):
         """img [B, 3, H, W] normalised to [-1, 1] -> (feat [B, N, C_enc] fp32, pos [B, N, 2] int64)."""
         self._check_img(img)
         img = img.to(self.device, torch.float32)
-        with _tf32(self.tf32):
+        with _backend_flags(self.tf32, self.cudnn_benchmark):
             if self._enc_graphs is not None:
                 return self._enc_graphs(tuple(img.shape), img)
             return self._encode_fn(img)
@@ -206,11 +258,33 @@ class Mast3rModel(nn.Module):
         dev = self.device
         feat1, feat2 = feat1.to(dev, torch.float32), feat2.to(dev, torch.float32)
         pos1, pos2 = pos1.to(dev), pos2.to(dev)
-        with _tf32(self.tf32):
+        with _backend_flags(self.tf32, self.cudnn_benchmark):
             if self._dec_graphs is not None and not return_tokens:
-                key = (tuple(feat1.shape), tuple(feat2.shape), shape1, shape2)
-                return self._dec_graphs(key, feat1, pos1, feat2, pos2, shape1=shape1, shape2=shape2)
+                return self._decode_graphed(feat1, pos1, feat2, pos2, shape1, shape2)
             return self._decode_fn(feat1, pos1, feat2, pos2, shape1, shape2, return_tokens)
+
+    def _decode_graphed(self, feat1, pos1, feat2, pos2, shape1, shape2):
+        """Replay the decode graphs of the chunk sizes of :func:`plan_chunks` (one graph when B is a size)."""
+        B = feat1.shape[0]
+        chunks = plan_chunks(B, self.graph_batch_sizes)
+        kw = {"shape1": shape1, "shape2": shape2}
+
+        def key(size):
+            return (size, feat1.shape[1:], feat2.shape[1:], shape1, shape2)
+
+        if len(chunks) == 1 and chunks[0][2] == B:
+            return self._dec_graphs(key(B), feat1, pos1, feat2, pos2, **kw)
+        out = None
+        for start, stop, size in chunks:
+            n = stop - start
+            static = self._dec_graphs.run(key(size), (feat1[start:stop], pos1[start:stop], feat2[start:stop],
+                                                      pos2[start:stop]), kw, batch=size, clone=False)
+            if out is None:  # outputs of the whole batch, filled chunk by chunk (no clone + cat)
+                out = tuple({k: v.new_empty((B, *v.shape[1:])) for k, v in r.items()} for r in static)
+            for r_out, r_st in zip(out, static):
+                for k, v in r_st.items():
+                    r_out[k][start:stop].copy_(v[:n])
+        return out
 
     @torch.no_grad()
     def forward(self, img1: torch.Tensor, img2: torch.Tensor):

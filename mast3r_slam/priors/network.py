@@ -30,15 +30,17 @@ class Mast3rPrior(Prior):
     name = "mast3r"
     is_stand_in = False
 
-    def __init__(self, model, retrieval=None, *, dtype=None, cuda_graphs: bool = False):
+    def __init__(self, model, retrieval=None, *, dtype=None, head_dtype=None, cuda_graphs: bool = False):
         """model: a loaded Mast3rModel; retrieval: a RetrievalModel with its codebook (or None).
 
         dtype: trunk precision to set on the model (fp32 / fp16 / bf16; None keeps the model's);
-        cuda_graphs: capture encode / decode per shape (CUDA only).
+        head_dtype: compute precision of the heads (fp32 / fp16 / bf16; None keeps the model's);
+        cuda_graphs: capture encode / decode per shape (CUDA only; symmetric decodes of B pairs
+        replay the graphs of batch 1, 2, 4, 8, see Mast3rModel.enable_cuda_graphs).
         """
         self.model = model
-        if dtype is not None:
-            model.configure(dtype=dtype)
+        if dtype is not None or head_dtype is not None:
+            model.configure(dtype=dtype, head_dtype=head_dtype)
         if cuda_graphs:
             model.enable_cuda_graphs(True)
         self.retrieval = retrieval
@@ -49,8 +51,9 @@ class Mast3rPrior(Prior):
     @property
     def description(self) -> str:
         dt = str(self.model.trunk_dtype).replace("torch.", "")
+        hdt = str(self.model.head_dtype).replace("torch.", "")
         graphs = ", CUDA graphs" if self.model._enc_graphs is not None else ""
-        return f"mast3r (MASt3R ViT-L network, trunk {dt}{graphs})"
+        return f"mast3r (MASt3R ViT-L network, trunk {dt}, heads {hdt}{graphs})"
 
     # ------------------------------------------------------------------ per frame
     def encode(self, frame: Frame) -> None:
@@ -113,19 +116,24 @@ def make_mast3r_prior(
     device="cuda",
     *,
     dtype=None,
+    head_dtype=None,
     retrieval: bool = True,
     cuda_graphs: bool = False,
     attention: str = "sdpa",
     tf32: bool = True,
+    channels_last: bool | None = None,
     compile_model: bool = False,
 ) -> Mast3rPrior:
     """Load the official files from ``checkpoint_dir`` and wrap them as a :class:`Mast3rPrior`.
 
     dtype: trunk precision (default fp32 like the original; fp16/bf16 for speed on the GPU);
-    cuda_graphs: capture encode/decode per shape; compile_model: torch.compile them (slow start).
+    head_dtype: compute precision of the heads (default fp32 like the original; fp16/bf16 run the
+    DPT convolutions and the local-feature MLP in half precision, post-processing stays fp32);
+    cuda_graphs: capture encode/decode per shape; channels_last: NHWC DPT heads (default: on
+    when the heads compute in half precision on a GPU); compile_model: torch.compile (slow start).
     """
     from ..network import checkpoint as ck
-    from ..network import load_mast3r, load_retrieval_model
+    from ..network import as_dtype, load_mast3r, load_retrieval_model
 
     main, ret, cb = ck.default_paths(checkpoint_dir)
     needed = [main] + ([ret, cb] if retrieval else [])
@@ -134,7 +142,11 @@ def make_mast3r_prior(
         raise CheckpointError(
             f"{Path(checkpoint_dir)}: missing MASt3R file(s) {', '.join(missing)}; {ck.HINT}"
         )
-    model = load_mast3r(main, device, dtype=dtype, attention=attention, tf32=tf32)
+    if channels_last is None:
+        half_heads = head_dtype is not None and as_dtype(head_dtype) != torch.float32
+        channels_last = half_heads and torch.device(device).type == "cuda"
+    model = load_mast3r(main, device, dtype=dtype, head_dtype=head_dtype, attention=attention, tf32=tf32,
+                        channels_last=channels_last)
     if compile_model:
         model.enable_compile()
     if cuda_graphs:
