@@ -10,21 +10,34 @@ checkpoint needed; timings do not depend on the values) and measures, at 512x384
 * a tracked frame: encode + pair decode;
 * 4 symmetric pairs (8 directed decodes): one batched call (ours) or a Python loop (original).
 
-Configurations:
+Configurations (``--variants``, a comma list). ``original``: fp32 weights, TF32 matmul/conv,
+explicit attention, batch 1, no CUDA graphs, pairs in a Python loop (how the original runs, apart
+from its compiled RoPE kernel). Any other name is ``<trunk>[-flag...]``, trunk fp32 / fp16 / bf16
+(SDPA, batched pairs, CUDA graphs on the GPU), flags:
 
-* ``original``: fp32 weights, TF32 matmul/conv, explicit attention, batch 1, no CUDA graphs,
-  pairs in a Python loop (how the original runs, apart from its compiled RoPE kernel);
-* ``fp16-eager``: fp16 trunk, SDPA, batched pairs, no graphs (what plain PyTorch tricks give);
-* ``fp16`` / ``bf16``: half trunk, fp32 heads, SDPA, CUDA graphs, batched pairs (our fast path);
-* ``fp16-f32heads``: same with the head weights stored in fp32 (no per-call cast);
-* ``fp16-cl``, ``fp16-f32heads-cl``: same with channels-last DPT heads.
+* ``eager``: no CUDA graphs;
+* ``h16`` / ``hbf16``: heads compute in fp16 / bf16 (DPT convolutions and local-feature MLP; the
+  post-processing stays fp32); default: heads compute in fp32;
+* ``f32heads``: head weights stored in fp32 (with fp32 heads: no per-call cast);
+* ``cl``: channels-last DPT heads;
+* ``convt``: cuDNN transposed convolutions instead of the matmul + pixel-shuffle form;
+* ``nobench``: cuDNN autotuning off;
+* ``graphs``: no-op (graphs are on by default; kept for ``fp32-graphs``).
+
+Examples: ``fp16`` (fp16 trunk, fp32 heads, graphs), ``fp16-h16-cl`` (the fastest configuration
+we expect), ``fp16-eager``, ``fp16-f32heads``, ``fp16-cl``, ``bf16-hbf16-cl``.
+
+Timings per configuration: encode; pair decode + heads; a tracked frame (encode + pair decode);
+``Mast3rPrior.symmetric`` for B = 1, 2, 4, 8 pairs (2B directed decodes; ms per directed decode is
+reported; with graphs the batch is split into the captured chunk sizes 1, 2, 4, 8).
 
 Accuracy: outputs of each configuration against strict fp32 (TF32 off) on the fixture inputs and
 on a 512x384 pair (pts3d relative error per pixel: median / max; descriptor cosine similarity:
 mean / min; conf relative error), and strict fp32 against the original's golden outputs.
 
-    python benchmarks/bench_network.py --out results/bench_network.json        # GPU
+    python benchmarks/bench_network.py --out results/bench_network.json        # GPU (~4 minutes)
     python benchmarks/bench_network.py --small --out /tmp/bench_small.json     # CPU smoke test
+    python benchmarks/bench_network.py --profile fp16-h16-cl                   # + top CUDA kernels
 
 Prints a markdown table; --out writes everything as JSON.
 """
@@ -167,28 +180,59 @@ def golden_check(model) -> dict:
 
 
 # ---------------------------------------------------------------------------- configurations
+DEFAULT_VARIANTS = "original,fp16-eager,fp16,fp16-cl,fp16-h16,fp16-h16-cl,fp16-h16-eager,bf16-hbf16-cl"
+_FLAGS = {"eager", "h16", "hbf16", "f32heads", "cl", "convt", "nobench", "graphs"}
+_TRUNKS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_variant(name: str) -> dict:
+    """Options of a configuration name (see the module docstring); ValueError for unknown parts."""
+    if name == "original":
+        return {"original": True, "trunk": torch.float32, "head": torch.float32, "flags": set()}
+    trunk, *flags = name.split("-")
+    bad = [f for f in flags if f not in _FLAGS]
+    if trunk not in _TRUNKS or bad:
+        raise ValueError(f"unknown configuration {name!r}: trunk must be one of {sorted(_TRUNKS)} and flags in "
+                         f"{sorted(_FLAGS)}")
+    head = torch.float16 if "h16" in flags else torch.bfloat16 if "hbf16" in flags else torch.float32
+    return {"original": False, "trunk": _TRUNKS[trunk], "head": head, "flags": set(flags)}
+
+
 def make_variant(base, name: str, device: torch.device):
     """(model, options) for a configuration name; ``base`` is the CPU fp32 model (left untouched)."""
+    from mast3r_slam.network import heads as heads_mod
+
+    o = parse_variant(name)
+    heads_mod.F32ConvTranspose2d.use_matmul = "convt" not in o["flags"]
     m = copy.deepcopy(base)
-    if name == "original":
+    if o["original"]:
         m.configure(device, torch.float32).set_attention("math")
         m.decoder.paired = False  # the two decoder streams one after the other, as the original
         m.tf32 = True
-        return m, {"batched": False, "graphs": False}
-    dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp16-eager": torch.float16, "fp32-graphs": torch.float32,
-          "fp16-f32heads": torch.float16, "fp16-cl": torch.float16, "fp16-f32heads-cl": torch.float16}[name]
-    head_dt = torch.float32 if name in ("fp16-f32heads", "fp32-graphs", "fp16-f32heads-cl") else None
-    m.configure(device, dt, head_weight_dtype=head_dt).set_attention("sdpa")
-    if name.endswith("-cl"):
+        m.cudnn_benchmark = False
+        return m, {"batched": False, "graphs": False, "head_dtype": "float32"}
+    head_w = torch.float32 if "f32heads" in o["flags"] else None
+    m.configure(device, o["trunk"], head_weight_dtype=head_w, head_dtype=o["head"]).set_attention("sdpa")
+    if "cl" in o["flags"]:
         m.set_channels_last(True)
     m.tf32 = True
-    graphs = device.type == "cuda" and name != "fp16-eager"
+    m.cudnn_benchmark = "nobench" not in o["flags"]
+    graphs = device.type == "cuda" and "eager" not in o["flags"]
     if graphs:
         m.enable_cuda_graphs(True)
-    return m, {"batched": True, "graphs": graphs}
+    return m, {"batched": True, "graphs": graphs, "head_dtype": str(o["head"]).replace("torch.", "")}
 
 
-def bench_variant(model, opts, device, img1, img2, iters, warmup, n_pairs: int) -> dict:
+def _fake_frames(feats, shape):
+    """Minimal frames for Mast3rPrior (encoder features already cached)."""
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(feat=f, pos=p, img_shape=shape) for f, p in feats]
+
+
+def bench_variant(model, opts, device, img1, img2, iters, warmup, pair_counts) -> dict:
+    from mast3r_slam.priors.network import Mast3rPrior
+
     H, W = img1.shape[-2:]
     img1, img2 = img1.to(device), img2.to(device)
     f1, p1 = model.encode(img1)
@@ -203,24 +247,58 @@ def bench_variant(model, opts, device, img1, img2, iters, warmup, n_pairs: int) 
         return model.decode(f, p, f2, p2, shape, shape)
 
     res["frame"] = time_fn(frame, device, iters, warmup)
-    # n_pairs symmetric pairs = 2 n_pairs directed decodes
-    fi = [f1, f2] * (n_pairs // 2) + [f1] * (n_pairs % 2)
-    pi = [p1, p2] * (n_pairs // 2) + [p1] * (n_pairs % 2)
-    fj = [f2, f1] * (n_pairs // 2) + [f2] * (n_pairs % 2)
-    pj = [p2, p1] * (n_pairs // 2) + [p2] * (n_pairs % 2)
-    if opts["batched"]:
-        F1, P1 = torch.cat(fi + fj), torch.cat(pi + pj)
-        F2, P2 = torch.cat(fj + fi), torch.cat(pj + pi)
-        sym = lambda: model.decode(F1, P1, F2, P2, shape, shape)  # noqa: E731
-    else:
-        def sym():
-            out = []
-            for a, pa, b, pb in zip(fi, pi, fj, pj):
-                out.append(model.decode(a, pa, b, pb, shape, shape))
-                out.append(model.decode(b, pb, a, pa, shape, shape))
-            return out
-    res[f"sym{n_pairs}"] = time_fn(sym, device, iters, warmup)
+    prior = Mast3rPrior(model)
+    for n_pairs in pair_counts:
+        # n_pairs symmetric pairs = 2 n_pairs directed decodes
+        fi = _fake_frames([(f1, p1), (f2, p2)] * (n_pairs // 2) + [(f1, p1)] * (n_pairs % 2), shape)
+        fj = _fake_frames([(f2, p2), (f1, p1)] * (n_pairs // 2) + [(f2, p2)] * (n_pairs % 2), shape)
+        if opts["batched"]:
+            sym = lambda fi=fi, fj=fj: prior.symmetric(fi, fj)  # noqa: E731
+        else:
+            def sym(fi=fi, fj=fj):
+                out = []
+                for a, b in zip(fi, fj):
+                    out.append(model.decode(a.feat, a.pos, b.feat, b.pos, shape, shape))
+                    out.append(model.decode(b.feat, b.pos, a.feat, a.pos, shape, shape))
+                return out
+        t = time_fn(sym, device, iters, warmup)
+        t["per_directed_ms"] = t["median_ms"] / (2 * n_pairs)
+        res[f"sym{n_pairs}"] = t
     return res
+
+
+def profile_variant(model, device, img1, img2, out_path=None, n_pairs: int = 4) -> str:
+    """Top CUDA kernels of one pair decode and one n_pairs symmetric decode (run eagerly)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model._enc_graphs = model._dec_graphs = None  # eager: kernels visible
+    H, W = img1.shape[-2:]
+    f1, p1 = model.encode(img1.to(device))
+    f2, p2 = model.encode(img2.to(device))
+    F1, P1 = torch.cat([f1, f2] * n_pairs), torch.cat([p1, p2] * n_pairs)
+    F2, P2 = torch.cat([f2, f1] * n_pairs), torch.cat([p2, p1] * n_pairs)
+    text = []
+    for tag, args in (("pair", (f1, p1, f2, p2)), (f"{2 * n_pairs} directed", (F1, P1, F2, P2))):
+        for _ in range(3):
+            model.decode(*args, (H, W), (H, W))
+        _sync(device)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            model.decode(*args, (H, W), (H, W))
+            _sync(device)
+        keys = ("self_device_time_total", "self_cuda_time_total") if device.type == "cuda" else ("self_cpu_time_total",)
+        table = None
+        for key in keys:  # the column was renamed across torch versions
+            try:
+                table = prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=90)
+                break
+            except Exception as e:  # noqa: BLE001
+                table = f"(profiler table failed: {e!r})"
+        text.append(f"## profile: decode of {tag} (eager)\n{table}")
+    out = "\n".join(text)
+    if out_path:
+        Path(out_path).write_text(out)
+    return out
 
 
 def weight_bytes(model) -> int:
@@ -233,22 +311,25 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     ap.add_argument("--iters", type=int, default=None, help="timed runs per measurement (default 30, small: 3)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up runs (default 5, small: 1)")
-    ap.add_argument("--variants", default="original,fp16-eager,fp16,bf16,fp16-f32heads,fp16-cl",
-                    help="comma list of: original, fp16-eager, fp16, bf16, fp16-f32heads, fp16-cl, "
-                         "fp16-f32heads-cl, fp32-graphs")
-    ap.add_argument("--pairs", type=int, default=4, help="symmetric pairs in the backend measurement")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS,
+                    help="comma list of configurations: original or <fp32|fp16|bf16>[-flag...], flags eager, h16, "
+                         "hbf16, f32heads, cl, convt, nobench (see the module docstring)")
+    ap.add_argument("--pairs", default="1,2,4,8",
+                    help="comma list of symmetric pair counts B to time through Mast3rPrior.symmetric (2B directed decodes)")
+    ap.add_argument("--profile", default=None, help="also profile this configuration's decode (eager) and print its top kernels")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     iters = args.iters or (3 if args.small else 30)
     warmup = args.warmup or (1 if args.small else 5)
+    pair_counts = [int(x) for x in str(args.pairs).split(",") if x.strip()]
     arch = TINY if args.small else VITL
     H, W = (48, 64) if args.small else (384, 512)
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "python": platform.python_version(), "arch": "TINY" if args.small else "ViT-L",
-        "image_hw": [H, W], "iters": iters, "warmup": warmup,
+        "image_hw": [H, W], "iters": iters, "warmup": warmup, "pairs": pair_counts,
     }
     print(f"# MASt3R network benchmark ({info['arch']}, {H}x{W}, {info['device']}, torch {info['torch']})", flush=True)
     t0 = time.time()
@@ -273,15 +354,19 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
-    for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.profile and args.profile not in names:
+        names.append(args.profile)
+    for name in names:
         entry = {}
+        model = None
         try:
             model, opts = make_variant(base, name, device)
             entry["options"] = opts
             entry["weight_bytes"] = weight_bytes(model)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            entry["timings"] = bench_variant(model, opts, device, img1, img2, iters, warmup, args.pairs)
+            entry["timings"] = bench_variant(model, opts, device, img1, img2, iters, warmup, pair_counts)
             if device.type == "cuda":
                 entry["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
             r1, r2 = run_pair(model, img1.to(device), img2.to(device))
@@ -293,7 +378,9 @@ def main(argv=None) -> int:
                 fx += [compare(ref_out[tag][0], r1), compare(ref_out[tag][1], r2)]
             errs["fixtures"] = merge_errors(fx)
             entry["errors_vs_fp32"] = errs
-            del model
+            if name == args.profile:
+                entry["profile"] = profile_variant(model, device, img1, img2)
+                print(entry["profile"], flush=True)
         except Exception as e:  # noqa: BLE001 - one failing variant must not hide the others
             entry["error"] = f"{type(e).__name__}: {e}"
             entry["traceback"] = traceback.format_exc()
@@ -305,7 +392,7 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
         print(f"done: {name}", flush=True)
 
-    print_table(results, args.pairs)
+    print_table(results, pair_counts)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))
@@ -313,26 +400,29 @@ def main(argv=None) -> int:
     return 0
 
 
-def print_table(results: dict, n_pairs: int) -> None:
-    sym = f"sym{n_pairs}"
+def print_table(results: dict, pair_counts) -> None:
     print()
-    print(f"| configuration | encode ms | pair decode+heads ms | encode+pair ms | {n_pairs} sym. pairs ms | weights GB | "
-          "peak GB | pts3d rel. err (median / max) | desc cos (mean / min) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    sym_cols = "".join(f" sym B={n} ms/dir |" for n in pair_counts)
+    print(f"| configuration | encode ms | pair decode+heads ms | encode+pair ms |{sym_cols} weights GB | peak GB | "
+          "pts3d rel. err (median / max) | desc cos (mean / min) | conf rel. err median |")
+    print("|---|---|---|---|" + "---|" * len(pair_counts) + "---|---|---|---|---|")
     for name, e in results["variants"].items():
         if "error" in e:
-            print(f"| {name} | failed: {e['error'][:80]} |||||||| ")
+            print(f"| {name} | failed: {e['error'][:100]} |" + "|" * (8 + len(pair_counts)))
             continue
         t = e["timings"]
         er = e["errors_vs_fp32"]["synthetic_pair"]
         peak = e.get("peak_mem_bytes")
+        syms = "".join(f" {t[f'sym{n}']['per_directed_ms']:.2f} |" for n in pair_counts)
         print(
-            f"| {name} | {t['encode']['median_ms']:.2f} | {t['pair']['median_ms']:.2f} | {t['frame']['median_ms']:.2f} | "
-            f"{t[sym]['median_ms']:.2f} | {e['weight_bytes'] / 1e9:.2f} | {peak / 1e9 if peak else float('nan'):.2f} | "
-            f"{er['pts3d_rel_median']:.2e} / {er['pts3d_rel_max']:.2e} | {er['desc_cos_mean']:.5f} / {er['desc_cos_min']:.4f} |"
+            f"| {name} | {t['encode']['median_ms']:.2f} | {t['pair']['median_ms']:.2f} | {t['frame']['median_ms']:.2f} |"
+            f"{syms} {e['weight_bytes'] / 1e9:.2f} | {peak / 1e9 if peak else float('nan'):.2f} | "
+            f"{er['pts3d_rel_median']:.2e} / {er['pts3d_rel_max']:.2e} | {er['desc_cos_mean']:.6f} / {er['desc_cos_min']:.5f} | "
+            f"{er['conf_rel_median']:.2e} |"
         )
     o = results["original_reference_ms"]
-    print(f"\nOriginal code on an H100 (reference_benchmarks.md): encode {o['encode']} ms, pair {o['pair']} ms, "
+    print(f"\nsym B=n ms/dir: Mast3rPrior.symmetric of n pairs (2n directed decodes), median ms divided by 2n.")
+    print(f"Original code on an H100 (reference_benchmarks.md): encode {o['encode']} ms, pair {o['pair']} ms, "
           f"encode+pair {o['frame']} ms.")
     if "golden_fp32" in results:
         print(f"Strict fp32 on this device vs the original's golden outputs: {results['golden_fp32']}")
@@ -341,7 +431,8 @@ def print_table(results: dict, n_pairs: int) -> None:
         if "errors_vs_fp32" in e:
             f = e["errors_vs_fp32"]["fixtures"]
             print(f"  {name}: pts3d median {f['pts3d_rel_median']:.2e} max {f['pts3d_rel_max']:.2e}, "
-                  f"desc cos mean {f['desc_cos_mean']:.5f} min {f['desc_cos_min']:.4f}, conf median {f['conf_rel_median']:.2e}")
+                  f"desc cos mean {f['desc_cos_mean']:.6f} min {f['desc_cos_min']:.5f}, conf median {f['conf_rel_median']:.2e} "
+                  f"max {f['conf_rel_max']:.2e}, desc_conf median {f['desc_conf_rel_median']:.2e}")
 
 
 if __name__ == "__main__":

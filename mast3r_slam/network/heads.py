@@ -7,8 +7,9 @@ output is pixel-shuffled to full resolution (descriptor + descriptor confidence)
 Precision: the heads compute in ``Mast3rHead.compute_dtype`` (fp32 by default, like the original,
 which runs them outside autocast). With fp16/bf16 (``Mast3rModel.configure(head_dtype=...)``) the
 DPT convolutions, the bilinear upsampling and the local-feature MLP run in half precision on
-half-precision weights, and only the small raw outputs (4 + 25 channels per pixel) are converted
-to fp32 for the post-processing (norms, exp/expm1, normalisation), which always runs in fp32.
+half-precision weights; the DPT's last 1x1 convolution (xyz + conf) writes fp32 outputs
+(:class:`F32OutConv`), and the post-processing (norms, exp/expm1, normalisation) always runs in
+fp32.
 The weights may be *stored* in another dtype than the compute dtype (e.g. half storage, fp32
 compute); the ``F32*`` layers below then cast them to the input's dtype on the fly.
 
@@ -72,6 +73,51 @@ def _patchwise_conv_transpose(x: torch.Tensor, w: torch.Tensor, b, stride) -> to
     wm = w.reshape(C, O * sh * sw)  # columns ordered (o, p, q)
     y = xt @ wm if b is None else torch.addmm(b.repeat_interleave(sh * sw), xt, wm)  # [B h w, O sh sw]
     return y.view(B, h, wd, O, sh, sw).permute(0, 3, 1, 4, 2, 5).reshape(B, O, h * sh, wd * sw)
+
+
+_MM_OUT_DTYPE: dict[tuple, bool] = {}
+
+
+def _mm_out_dtype_ok(x: torch.Tensor) -> bool:
+    """Whether ``torch.mm(..., out_dtype=torch.float32)`` (half inputs, fp32 output) runs on x's device."""
+    key = (x.device.type, x.device.index, x.dtype)
+    ok = _MM_OUT_DTYPE.get(key)
+    if ok is None:
+        if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+            return False  # the probe runs outside graph capture (warm-up runs come first)
+        try:
+            a = torch.ones(16, 16, device=x.device, dtype=x.dtype)
+            ok = bool(torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32)
+        except Exception:  # noqa: BLE001 - older torch / unsupported dtype: fall back to an fp32 copy
+            ok = False
+        _MM_OUT_DTYPE[key] = ok
+    return ok
+
+
+class F32OutConv(F32Conv2d):
+    """The DPT's last 1x1 convolution (-> xyz + conf). Its outputs are always fp32.
+
+    In half-precision heads the input is half, but the raw outputs go through expm1 / exp, which
+    turn a half-precision rounding of the output (2^-11 relative, ~2e-3 absolute at |r| = 5) into
+    a relative error of the same size in pts3d / conf; so this product is accumulated and stored
+    in fp32 (one matmul with fp32 output where torch has it, else from an fp32 copy of the input).
+    Returns [B, O, H, W] (an NCHW view of NHWC memory for half inputs).
+    """
+
+    def forward(self, x):
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        B, C, H, W = x.shape
+        O = self.out_channels
+        w = self.weight.reshape(O, C)
+        xt = x.permute(0, 2, 3, 1).reshape(B * H * W, C)  # a view when x is channels-last
+        if _mm_out_dtype_ok(x):
+            y = torch.mm(xt, w.to(x.dtype).t(), out_dtype=torch.float32)
+        else:
+            y = xt.float() @ w.float().t()
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.view(B, H, W, O).permute(0, 3, 1, 2)
 
 
 def _up2(x: torch.Tensor) -> torch.Tensor:
@@ -144,7 +190,7 @@ class DPTHead(nn.Module):
         self.channels_last = False  # NHWC feature maps (see Mast3rModel.set_channels_last)
         self.scratch = DPTScratch(dims, fd)
         self.head = nn.Sequential(
-            F32Conv2d(fd, ld, 3, padding=1), Upsample2(), F32Conv2d(ld, ld, 3, padding=1), nn.ReLU(), F32Conv2d(ld, 4, 1)
+            F32Conv2d(fd, ld, 3, padding=1), Upsample2(), F32Conv2d(ld, ld, 3, padding=1), nn.ReLU(), F32OutConv(ld, 4, 1)
         )
 
     def forward(self, layers: list[torch.Tensor], hw: tuple[int, int]) -> torch.Tensor:
