@@ -21,7 +21,7 @@
 namespace mast3r_slam {
 
 // Bumped with every binding signature change (checked by mast3r_slam/ops/_backend.py).
-constexpr int kAbiVersion = 1;
+constexpr int kAbiVersion = 2;
 
 // matching.cu
 std::vector<at::Tensor> iter_proj_cuda(const at::Tensor& rays_with_grad, const at::Tensor& target_rays, const at::Tensor& p_init,
@@ -29,20 +29,25 @@ std::vector<at::Tensor> iter_proj_cuda(const at::Tensor& rays_with_grad, const a
 at::Tensor refine_matches_cuda(const at::Tensor& D11, const at::Tensor& D21, const at::Tensor& p1, int64_t radius,
                                int64_t dilation_max);
 
-// gn.cu: global Gauss-Newton; Twc is updated in place, the last step [n-1, 7] is returned
+// gn.cu: global Gauss-Newton; Twc is updated in place, the last step [n-1, 7] is returned. p_ii2jj
+// (optional [E, HW, 2] float32 sub-pixel matches) replaces the measurement Xs[ii][idx] by the
+// bilinear interpolation of Xs[ii] there (rays/points need the image width).
 at::Tensor gauss_newton_rays_cuda(at::Tensor Twc, const at::Tensor& Xs, const at::Tensor& Cs, const at::Tensor& ii,
                                   const at::Tensor& jj, const at::Tensor& idx_ii2jj, const at::Tensor& valid_match,
                                   const at::Tensor& Q, double sigma_ray, double sigma_dist, double C_thresh, double Q_thresh,
-                                  int64_t max_iter, double delta_thresh, double huber);
+                                  int64_t max_iter, double delta_thresh, double huber, const c10::optional<at::Tensor>& p_ii2jj,
+                                  c10::optional<int64_t> width);
 at::Tensor gauss_newton_calib_cuda(at::Tensor Twc, const at::Tensor& Xs, const at::Tensor& Cs, const at::Tensor& K,
                                    const at::Tensor& ii, const at::Tensor& jj, const at::Tensor& idx_ii2jj,
                                    const at::Tensor& valid_match, const at::Tensor& Q, int64_t height, int64_t width,
                                    int64_t pixel_border, double z_eps, double sigma_pixel, double sigma_depth, double C_thresh,
-                                   double Q_thresh, int64_t max_iter, double delta_thresh, double huber);
+                                   double Q_thresh, int64_t max_iter, double delta_thresh, double huber,
+                                   const c10::optional<at::Tensor>& p_ii2jj);
 at::Tensor gauss_newton_points_cuda(at::Tensor Twc, const at::Tensor& Xs, const at::Tensor& Cs, const at::Tensor& ii,
                                     const at::Tensor& jj, const at::Tensor& idx_ii2jj, const at::Tensor& valid_match,
                                     const at::Tensor& Q, double sigma_point, double C_thresh, double Q_thresh, int64_t max_iter,
-                                    double delta_thresh, double huber);
+                                    double delta_thresh, double huber, const c10::optional<at::Tensor>& p_ii2jj,
+                                    c10::optional<int64_t> width);
 
 // tracking.cu: frame -> keyframe IRLS; returns [T_CkCf [8], num_iters int32 [], converged bool [],
 // failed bool [], cost float64 []], all on the device, without a host synchronisation

@@ -36,7 +36,27 @@ struct GNParams {
   float C_thresh, Q_thresh, huber;
   CalibParams calib;  // fx, fy, cx, cy are read from K on the device
   const float* K;  // [3, 3] (calib only)
+  const float* p;  // [E, HW, 2] sub-pixel matches (u, v) in ii[e], or nullptr (integer matches)
+  int height, width;  // image size for the interpolation at p
 };
+
+// Bilinear sample of a row-major [H*W, 3] map at (pu, pv): the pixel is clamped to the image and
+// the top-left corner to [0, W-2] x [0, H-2] (as the PyTorch path and matching.sample_pointmap).
+__device__ __forceinline__ void bilinear3(const float* __restrict__ X, float pu, float pv, int H, int W, float* out) {
+  const float u = fminf(fmaxf(pu, 0.0f), static_cast<float>(W - 1));
+  const float v = fminf(fmaxf(pv, 0.0f), static_cast<float>(H - 1));
+  const float u0 = fminf(floorf(u), static_cast<float>(W - 2));
+  const float v0 = fminf(floorf(v), static_cast<float>(H - 2));
+  const float du = u - u0, dv = v - v0;
+  const int64_t i00 = static_cast<int64_t>(u0) + static_cast<int64_t>(W) * static_cast<int64_t>(v0);
+  const float* x00 = X + 3 * i00;
+  const float* x01 = x00 + 3;
+  const float* x10 = x00 + 3 * static_cast<int64_t>(W);
+  const float* x11 = x10 + 3;
+#pragma unroll
+  for (int c = 0; c < 3; c++)
+    out[c] = (1.0f - dv) * ((1.0f - du) * x00[c] + du * x01[c]) + dv * ((1.0f - du) * x10[c] + du * x11[c]);
+}
 
 template <int V>
 __global__ void gn_edge_kernel(const float* __restrict__ Twc, const float* __restrict__ Xs, const float* __restrict__ Cs,
@@ -68,7 +88,20 @@ __global__ void gn_edge_kernel(const float* __restrict__ Twc, const float* __res
     const int64_t m = vm ? idx_ii2jj[ek] : 0;
     const float q = Q[ek];
     if (!(vm && q > p.Q_thresh && Cs[i * HW + m] > p.C_thresh && Cs[j * HW + k] > p.C_thresh)) continue;
-    const float Xi[3] = {Xi_base[3 * m], Xi_base[3 * m + 1], Xi_base[3 * m + 2]};
+    float Xi[3];
+    float u_t = 0.0f, v_t = 0.0f;  // measured pixel (calib)
+    if (p.p != nullptr) {  // sub-pixel match: interpolated measurement (validity from the integer match)
+      u_t = p.p[2 * ek];
+      v_t = p.p[2 * ek + 1];
+      bilinear3(Xi_base, u_t, v_t, p.height, p.width, Xi);
+    } else {
+#pragma unroll
+      for (int c = 0; c < 3; c++) Xi[c] = Xi_base[3 * m + c];
+      if (V == kCalib) {
+        u_t = static_cast<float>(m % cp.width);
+        v_t = static_cast<float>(m / cp.width);
+      }
+    }
     const float Xj[3] = {Xj_base[3 * k], Xj_base[3 * k + 1], Xj_base[3 * k + 2]};
     float P[3];
     sim3_act(Tij, Xj, P);
@@ -79,8 +112,6 @@ __global__ void gn_edge_kernel(const float* __restrict__ Twc, const float* __res
       accumulate_rows<4>(rows, p.huber, a);
     } else if (V == kCalib) {
       const bool meas_ok = Xi[2] > cp.z_eps;
-      const float u_t = static_cast<float>(m % cp.width);
-      const float v_t = static_cast<float>(m / cp.width);
       if (calib_rows(P, u_t, v_t, meas_ok ? logf(Xi[2]) : 0.0f, meas_ok, cp, sq * p.s0, sq * p.s1, rows))
         accumulate_rows<3>(rows, p.huber, a);
     } else {
@@ -190,7 +221,8 @@ std::tuple<at::Tensor, at::Tensor> keyframe_positions(const at::Tensor& ii, cons
 
 at::Tensor gauss_newton(int variant, at::Tensor Twc, const at::Tensor& Xs, const at::Tensor& Cs, const at::Tensor& ii,
                         const at::Tensor& jj, const at::Tensor& idx_ii2jj, const at::Tensor& valid_match, const at::Tensor& Q,
-                        const GNParams& p, int64_t max_iter, double delta_thresh) {
+                        GNParams p, const c10::optional<at::Tensor>& p_ii2jj, int64_t width, int64_t max_iter,
+                        double delta_thresh) {
   M3R_CHECK_INPUT(Twc, at::kFloat);
   M3R_CHECK_INPUT(Xs, at::kFloat);
   M3R_CHECK_INPUT(Cs, at::kFloat);
@@ -204,6 +236,16 @@ at::Tensor gauss_newton(int variant, at::Tensor Twc, const at::Tensor& Xs, const
   const int n = Twc.size(0);
   const int HW = Xs.size(1);
   const int E = ii.size(0);
+  p.p = nullptr;
+  if (p_ii2jj.has_value() && p_ii2jj->defined()) {
+    const at::Tensor& pt = *p_ii2jj;
+    M3R_CHECK_INPUT(pt, at::kFloat);
+    TORCH_CHECK(pt.dim() == 3 && pt.size(0) == E && pt.size(1) == HW && pt.size(2) == 2, "p_ii2jj must be [E, HW, 2]");
+    TORCH_CHECK(width >= 2 && HW % width == 0 && HW / width >= 2, "width must divide HW (both sides >= 2) with p_ii2jj");
+    p.p = pt.data_ptr<float>();
+    p.width = static_cast<int>(width);
+    p.height = static_cast<int>(HW / width);
+  }
   auto fopts = Twc.options();
   auto dx_last = at::zeros({std::max(n - 1, 0), 7}, fopts);
   if (n < 2 || E == 0 || max_iter <= 0) return dx_last;
@@ -260,21 +302,24 @@ at::Tensor gauss_newton(int variant, at::Tensor Twc, const at::Tensor& Xs, const
 at::Tensor gauss_newton_rays_cuda(at::Tensor Twc, const at::Tensor& Xs, const at::Tensor& Cs, const at::Tensor& ii,
                                   const at::Tensor& jj, const at::Tensor& idx_ii2jj, const at::Tensor& valid_match,
                                   const at::Tensor& Q, double sigma_ray, double sigma_dist, double C_thresh, double Q_thresh,
-                                  int64_t max_iter, double delta_thresh, double huber) {
+                                  int64_t max_iter, double delta_thresh, double huber, const c10::optional<at::Tensor>& p_ii2jj,
+                                  c10::optional<int64_t> width) {
   GNParams p{};
   p.s0 = static_cast<float>(1.0 / sigma_ray);
   p.s1 = static_cast<float>(1.0 / sigma_dist);
   p.C_thresh = static_cast<float>(C_thresh);
   p.Q_thresh = static_cast<float>(Q_thresh);
   p.huber = static_cast<float>(huber);
-  return gauss_newton(kRays, Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, p, max_iter, delta_thresh);
+  return gauss_newton(kRays, Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, p, p_ii2jj, width.value_or(0), max_iter,
+                      delta_thresh);
 }
 
 at::Tensor gauss_newton_calib_cuda(at::Tensor Twc, const at::Tensor& Xs, const at::Tensor& Cs, const at::Tensor& K,
                                    const at::Tensor& ii, const at::Tensor& jj, const at::Tensor& idx_ii2jj,
                                    const at::Tensor& valid_match, const at::Tensor& Q, int64_t height, int64_t width,
                                    int64_t pixel_border, double z_eps, double sigma_pixel, double sigma_depth, double C_thresh,
-                                   double Q_thresh, int64_t max_iter, double delta_thresh, double huber) {
+                                   double Q_thresh, int64_t max_iter, double delta_thresh, double huber,
+                                   const c10::optional<at::Tensor>& p_ii2jj) {
   M3R_CHECK_INPUT(K, at::kFloat);
   TORCH_CHECK(K.dim() == 2 && K.size(0) == 3 && K.size(1) == 3, "gauss_newton_calib: K must be [3, 3]");
   GNParams p{};
@@ -286,20 +331,22 @@ at::Tensor gauss_newton_calib_cuda(at::Tensor Twc, const at::Tensor& Xs, const a
   p.huber = static_cast<float>(huber);
   p.calib = CalibParams{0.0f, 0.0f, 0.0f, 0.0f, static_cast<int>(height), static_cast<int>(width),
                         static_cast<float>(pixel_border), static_cast<float>(z_eps)};
-  return gauss_newton(kCalib, Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, p, max_iter, delta_thresh);
+  return gauss_newton(kCalib, Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, p, p_ii2jj, width, max_iter, delta_thresh);
 }
 
 at::Tensor gauss_newton_points_cuda(at::Tensor Twc, const at::Tensor& Xs, const at::Tensor& Cs, const at::Tensor& ii,
                                     const at::Tensor& jj, const at::Tensor& idx_ii2jj, const at::Tensor& valid_match,
                                     const at::Tensor& Q, double sigma_point, double C_thresh, double Q_thresh, int64_t max_iter,
-                                    double delta_thresh, double huber) {
+                                    double delta_thresh, double huber, const c10::optional<at::Tensor>& p_ii2jj,
+                                    c10::optional<int64_t> width) {
   GNParams p{};
   p.s0 = static_cast<float>(1.0 / sigma_point);
   p.s1 = 0.0f;
   p.C_thresh = static_cast<float>(C_thresh);
   p.Q_thresh = static_cast<float>(Q_thresh);
   p.huber = static_cast<float>(huber);
-  return gauss_newton(kPoints, Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, p, max_iter, delta_thresh);
+  return gauss_newton(kPoints, Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, p, p_ii2jj, width.value_or(0), max_iter,
+                      delta_thresh);
 }
 
 }  // namespace mast3r_slam

@@ -197,6 +197,20 @@ def _check_graph(op: str, Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, max_it
     return Twc_c, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q
 
 
+def _check_subpixel(op: str, p_ii2jj, idx_ii2jj: Tensor, HW: int, width, height=None):
+    """Validate the optional sub-pixel matches [E, HW, 2] float32 and the image width (needed to
+    interpolate; ``height`` = HW / width). Returns (p or None, width or None)."""
+    if p_ii2jj is None:
+        return None, width
+    env = {"E": idx_ii2jj.shape[0], "HW": HW, "_device": idx_ii2jj.device}
+    p = _check(op, env, "p_ii2jj", p_ii2jj, "E,HW,2", _F32)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 2 or HW % width != 0 or HW // width < 2:
+        raise KernelArgumentError(
+            f"{op}: width must be an integer >= 2 dividing HW = {HW} (with HW / width >= 2) when p_ii2jj is given, got {width!r}"
+        )
+    return p, width
+
+
 def _run_gn(op: str, Twc: Tensor, Twc_c: Tensor, E: int, torch_fn, args: tuple) -> Tensor:
     n = Twc.shape[0]
     if n < 2 or E == 0:
@@ -224,19 +238,27 @@ def gauss_newton_rays(
     max_iter: int,
     delta_thresh: float,
     huber: float = 1.345,
+    p_ii2jj: Tensor | None = None,  # [E, HW, 2] float32: sub-pixel (u, v) in ii[e] matched to pixel k of jj[e]
+    width: int | None = None,  # image width (required with p_ii2jj)
 ) -> Tensor:
     """Global Sim(3) pose-graph Gauss-Newton with ray + distance residuals (spec 5.3-5.5).
 
     Rows of Twc/Xs/Cs are ordered by sorted unique keyframe id of ii and jj; the first (lowest id)
     pose is fixed. Stops after the iteration whose step norm is below ``delta_thresh``. Returns
     the last step dx [n-1, 7] ([tau, omega, sigma] per non-fixed pose).
+
+    With ``p_ii2jj`` the measured point of pixel k of jj[e] is ``Xs[ii[e]]`` interpolated
+    bilinearly at that sub-pixel position (image ``width`` x ``HW / width``) instead of
+    ``Xs[ii[e]][idx_ii2jj[e, k]]``; ``idx_ii2jj`` still selects the confidence ``Cs[ii[e]]``
+    tested against ``C_thresh``. Without it the results are those of the original.
     """
     op = "gauss_newton_rays"
     Twc_c, Xs, Cs, ii, jj, idx, vm, Q = _check_graph(op, Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, max_iter, delta_thresh)
     for name, v in (("sigma_ray", sigma_ray), ("sigma_dist", sigma_dist), ("huber", huber)):
         _check_pos(op, name, v)
+    p, width = _check_subpixel(op, p_ii2jj, idx, Xs.shape[1], width)
     args = (Xs, Cs, ii, jj, idx, vm, Q, float(sigma_ray), float(sigma_dist), float(C_thresh), float(Q_thresh), max_iter,
-            float(delta_thresh), float(huber))
+            float(delta_thresh), float(huber), p, width)
     return _run_gn(op, Twc, Twc_c, ii.shape[0], _gauss_newton_rays, args)
 
 
@@ -261,9 +283,12 @@ def gauss_newton_calib(
     max_iter: int,
     delta_thresh: float,
     huber: float = 1.345,
+    p_ii2jj: Tensor | None = None,  # [E, HW, 2] float32 sub-pixel matches (u, v) in ii[e]
 ) -> Tensor:
     """Global Sim(3) Gauss-Newton with pixel + log-depth residuals (calibrated). Same conventions
-    as :func:`gauss_newton_rays`; returns the last step dx [n-1, 7]."""
+    as :func:`gauss_newton_rays`; returns the last step dx [n-1, 7]. With ``p_ii2jj`` the
+    measured pixel is the sub-pixel position itself and the measured log depth that of
+    ``Xs[ii[e]]`` interpolated there (validity and confidence still from ``idx_ii2jj``)."""
     op = "gauss_newton_calib"
     Twc_c, Xs, Cs, ii, jj, idx, vm, Q = _check_graph(op, Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, max_iter, delta_thresh)
     K = _check(op, {"_device": Twc.device}, "K", K, "3,3", _F32)
@@ -275,8 +300,9 @@ def gauss_newton_calib(
         raise KernelArgumentError(f"{op}: pixel_border must be an integer, got {pixel_border!r}")
     for name, v in (("sigma_pixel", sigma_pixel), ("sigma_depth", sigma_depth), ("huber", huber)):
         _check_pos(op, name, v)
+    p, _ = _check_subpixel(op, p_ii2jj, idx, Xs.shape[1], width)
     args = (Xs, Cs, K, ii, jj, idx, vm, Q, height, width, pixel_border, float(z_eps), float(sigma_pixel), float(sigma_depth),
-            float(C_thresh), float(Q_thresh), max_iter, float(delta_thresh), float(huber))
+            float(C_thresh), float(Q_thresh), max_iter, float(delta_thresh), float(huber), p)
     return _run_gn(op, Twc, Twc_c, ii.shape[0], _gauss_newton_calib, args)
 
 
@@ -295,15 +321,19 @@ def gauss_newton_points(
     max_iter: int,
     delta_thresh: float,
     huber: float = 1.345,
+    p_ii2jj: Tensor | None = None,  # [E, HW, 2] float32 sub-pixel matches (u, v) in ii[e]
+    width: int | None = None,  # image width (required with p_ii2jj)
 ) -> Tensor:
     """Global Sim(3) Gauss-Newton with 3D point residuals (exported by the original, unused by the
-    system). Same conventions as :func:`gauss_newton_rays`; returns the last step dx [n-1, 7]."""
+    system). Same conventions (and ``p_ii2jj``) as :func:`gauss_newton_rays`; returns the last
+    step dx [n-1, 7]."""
     op = "gauss_newton_points"
     Twc_c, Xs, Cs, ii, jj, idx, vm, Q = _check_graph(op, Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, max_iter, delta_thresh)
     for name, v in (("sigma_point", sigma_point), ("huber", huber)):
         _check_pos(op, name, v)
+    p, width = _check_subpixel(op, p_ii2jj, idx, Xs.shape[1], width)
     args = (Xs, Cs, ii, jj, idx, vm, Q, float(sigma_point), float(C_thresh), float(Q_thresh), max_iter, float(delta_thresh),
-            float(huber))
+            float(huber), p, width)
     return _run_gn(op, Twc, Twc_c, ii.shape[0], _gauss_newton_points, args)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 # Bumped whenever a binding's signature changes; a prebuilt module with another value is stale.
-ABI_VERSION = 1
+ABI_VERSION = 2
 _EXT_NAME = "mast3r_slam_kernels"
 _STALE_LOCK_S = 600.0
 CSRC_DIR = Path(__file__).resolve().parents[2] / "csrc"

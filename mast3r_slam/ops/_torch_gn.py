@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from ..lie import Sim3
+from ..lie import Sim3, quat_to_matrix
+from . import _torch_rows as _rows
 
 Tensor = torch.Tensor
-
-# Edges are linearised in chunks of at most this many pixels (E_chunk * HW) to bound memory.
-_GN_CHUNK_PIXELS = 1 << 22
-# Rows per float32 partial sum on the CPU (see _edge_sums).
-_SUM_BLOCK = 512
 
 
 def huber_weight(e: Tensor, k: float) -> Tensor:
@@ -112,104 +108,120 @@ def point_residual(P: Tensor, Xm: Tensor) -> tuple[Tensor, Tensor]:
 
 
 # ----------------------------------------------------------------------------------------------
-# edge reduction
+# edge reduction (planar rows, see _torch_rows)
 # ----------------------------------------------------------------------------------------------
-def _edge_sums(
-    variant: str,
-    Twc: Tensor,
-    Xs: Tensor,
-    Cs: Tensor,
-    ii_pos: Tensor,
-    jj_pos: Tensor,
-    idx_ii2jj: Tensor,
-    valid_match: Tensor,
-    Q: Tensor,
-    params: dict,
-) -> tuple[Tensor, Tensor]:
-    """Per-edge local sums A_loc = sum w J^T J [E, 7, 7] and g_loc = sum w err J [E, 7] (float64)."""
-    E = ii_pos.shape[0]
-    HW = Xs.shape[1]
-    C_thresh, Q_thresh, huber = params["C_thresh"], params["Q_thresh"], params["huber"]
-    Ti = Twc[ii_pos]
-    Tij = Sim3.mul(Sim3.inv(Ti), Twc[jj_pos])  # [E, 8]
-    vm = valid_match[..., 0]
-    m = torch.where(vm, idx_ii2jj, torch.zeros_like(idx_ii2jj))  # [E, HW]
-    Xi = Xs[ii_pos[:, None], m]  # [E, HW, 3]
-    Xj = Xs[jj_pos]  # [E, HW, 3]
-    P = Sim3.act(Tij[:, None, :], Xj)  # float32, as the original
-    q = Q[..., 0]
-    valid = vm & (q > Q_thresh) & (Cs[ii_pos[:, None], m][..., 0] > C_thresh) & (Cs[jj_pos][..., 0] > C_thresh)
-    # Working precision: float64 on a GPU (cheap there, and immune to a global TF32 matmul
-    # setting); float32 on the CPU with the sums taken in blocks of _SUM_BLOCK rows and the block
-    # sums added in float64 (a plain float32 GEMM over the HW*R rows loses up to 1e-4 relative
-    # accuracy in the Hessian, which the weakly observed scale direction amplifies into 1e-4 pose
-    # errors; the blocked sums are within 1e-5 of float64, like the per-thread sums of the kernels).
-    work = torch.float64 if P.is_cuda else torch.float32
-    sq = torch.sqrt(torch.where(valid, q, torch.zeros_like(q))).to(work)
-    # unused pixels get a harmless point (no inf/nan) and zero weight
-    safe = torch.tensor([0.0, 0.0, 1.0], dtype=P.dtype, device=P.device)
-    P = torch.where(valid[..., None], P, safe).to(work)
-    Xi = torch.where(valid[..., None], Xi, safe).to(work)
+class _Graph:
+    """Pose-independent part of a global Gauss-Newton problem, built once per call.
 
-    if variant == "rays":
-        err, J = ray_dist_residual(P, Xi)
-        s = torch.stack([sq / params["sigma_ray"]] * 3 + [sq / params["sigma_dist"]], dim=-1)
-    elif variant == "calib":
-        W = params["width"]
-        uv = torch.stack([m % W, torch.div(m, W, rounding_mode="floor")], dim=-1).to(work)
-        zi = Xi[..., 2:3]
-        valid_meas = zi[..., 0] > params["z_eps"]
-        logzi = torch.log(torch.where(valid_meas[..., None], zi, torch.ones_like(zi)))
-        err, J, valid_proj = calib_residual(
-            P, uv, logzi, valid_meas, params["K"].to(work), params["height"], W, params["pixel_border"], params["z_eps"]
-        )
-        s = torch.stack([sq / params["sigma_pixel"]] * 2 + [sq / params["sigma_depth"]], dim=-1) * valid_proj[..., None]
-    else:  # points
-        err, J = point_residual(P, Xi)
-        s = (sq / params["sigma_point"])[..., None].expand(err.shape)
+    The used pixels (valid match, Q > Q_thresh, both confidences > C_thresh) of every edge are
+    listed edge by edge and padded to whole blocks (``_torch_rows.block_layout``); their points
+    Xj (prediction side) and the measurement constants (from Xi at the integer match, or
+    bilinearly interpolated at the sub-pixel match) are stored as planes [c, NB, BLOCK].
+    """
 
-    sw = s * torch.sqrt(huber_weight(s * err, huber))  # sqrt of w = rho(s err) s^2
-    n_rows = HW * err.shape[-1]
-    Jw = (sw[..., None] * J).reshape(E, n_rows, 7)
-    ew = (sw * err).reshape(E, n_rows, 1)
-    if work == torch.float64:
-        return Jw.transpose(1, 2) @ Jw, (Jw.transpose(1, 2) @ ew)[..., 0]
-    nb = -(-n_rows // _SUM_BLOCK)
-    pad = nb * _SUM_BLOCK - n_rows
-    if pad:
-        Jw = torch.nn.functional.pad(Jw, (0, 0, 0, pad))
-        ew = torch.nn.functional.pad(ew, (0, 0, 0, pad))
-    Jb = Jw.reshape(E * nb, _SUM_BLOCK, 7)
-    A_loc = (Jb.transpose(1, 2) @ Jb).reshape(E, nb, 7, 7).double().sum(1)
-    g_loc = (Jb.transpose(1, 2) @ ew.reshape(E * nb, _SUM_BLOCK, 1)).reshape(E, nb, 7).double().sum(1)
-    return A_loc, g_loc
+    def __init__(self, variant, Xs, Cs, ii_pos, jj_pos, idx_ii2jj, valid_match, Q, params, p_ii2jj, height, width):
+        self.variant = variant
+        E, HW = idx_ii2jj.shape
+        dev = Xs.device
+        self.work = torch.float64 if Xs.is_cuda else torch.float32
+        self.E = E
+        C_thresh, Q_thresh = params["C_thresh"], params["Q_thresh"]
+        vm = valid_match[..., 0]
+        m = idx_ii2jj * vm  # unused pixels read pixel 0
+        q = Q[..., 0]
+        Cs_ = Cs.reshape(-1)
+        Ci = torch.index_select(Cs_, 0, ((ii_pos * HW)[:, None] + m).reshape(-1)).reshape(E, HW)
+        valid = vm & (q > Q_thresh) & (Ci > C_thresh) & (torch.index_select(Cs[..., 0], 0, jj_pos) > C_thresh)
+        counts = valid.sum(1)
+        b = _rows.BLOCK
+        self.block_edge, pos, used, self.NB = _rows.block_layout(counts, b)
+        if self.NB == 0:
+            return
+        flat = valid.reshape(-1).nonzero()[:, 0]
+        start = torch.cumsum(counts, 0) - counts
+        src = torch.index_select(flat, 0, (start[self.block_edge][:, None] + pos).reshape(-1))  # [NB * b] e * HW + k
+        e = torch.div(src, HW, rounding_mode="floor")
+        k = src - e * HW
+        Xrows = Xs.reshape(-1, 3)
+        rows_j = torch.index_select(jj_pos, 0, e) * HW + k
+        self.Xj = torch.index_select(Xrows, 0, rows_j).t().reshape(3, self.NB, b).contiguous()  # [3, NB, b] float32
+        mi = torch.index_select(m.reshape(-1), 0, src)
+        base_i = torch.index_select(ii_pos, 0, e) * HW
+        if p_ii2jj is None:
+            Xi = torch.index_select(Xrows, 0, base_i + mi)
+        else:
+            p_sel = torch.index_select(p_ii2jj.reshape(-1, 2), 0, src)
+            Xi = _rows.bilinear_rows(Xrows, base_i, p_sel, height, width)
+        Xi = Xi.t().reshape(3, self.NB, b).to(self.work).contiguous()
+        sq = torch.sqrt(torch.index_select(q.reshape(-1), 0, src)).reshape(self.NB, b) * used  # 0 on padding slots
+        sq = sq.to(self.work)
+        if variant == "rays":
+            n_m = torch.mul(Xi[0], Xi[0]).addcmul_(Xi[1], Xi[1]).addcmul_(Xi[2], Xi[2]).sqrt_()
+            self.ray_m = Xi / n_m.clamp(min=_rows._TINY)
+            self.n_m = n_m
+            inv_sigma = [1.0 / params["sigma_ray"]] * 3 + [1.0 / params["sigma_dist"]]
+        elif variant == "calib":
+            W = width
+            if p_ii2jj is None:
+                self.uv_m = torch.stack([mi % W, torch.div(mi, W, rounding_mode="floor")]).reshape(2, self.NB, b).to(self.work)
+            else:
+                self.uv_m = p_sel.t().reshape(2, self.NB, b).to(self.work).contiguous()
+            z = Xi[2]
+            meas_ok = z > params["z_eps"]
+            self.logz_m = torch.log(torch.where(meas_ok, z, torch.ones_like(z)))
+            sq = sq * meas_ok
+            inv_sigma = [1.0 / params["sigma_pixel"]] * 2 + [1.0 / params["sigma_depth"]]
+            Kw = params["K"].double()
+            self.K = (float(Kw[0, 0]), float(Kw[1, 1]), float(Kw[0, 2]), float(Kw[1, 2]))
+        else:
+            self.X_m = Xi
+            inv_sigma = [1.0 / params["sigma_point"]] * 3
+        self.s = sq * torch.tensor(inv_sigma, dtype=self.work, device=dev)[:, None, None]  # [R, NB, b]
+        chunk = _rows.CHUNK_PIXELS_GPU if dev.type == "cuda" else _rows.CHUNK_PIXELS_CPU
+        self.chunk_blocks = max(1, chunk // b)
+        self.bufs = _rows.RowBuffers(variant, min(self.NB, self.chunk_blocks), b, self.work, dev)
+
+    def sums(self, Twc: Tensor, ii_pos: Tensor, jj_pos: Tensor, params: dict) -> Tensor:
+        """Per-edge local sums [E, 8, 8] (float64): [[sum w J^T J, sum w J^T err], [., sum w err^2]]."""
+        if self.NB == 0:
+            return torch.zeros(self.E, 8, 8, dtype=torch.float64, device=Twc.device)
+        Tij = Sim3.mul(Sim3.inv(Twc[ii_pos]), Twc[jj_pos])  # [E, 8] float32, as the original
+        sR = Tij[:, 7, None, None] * quat_to_matrix(Tij[:, 3:7])  # [E, 3, 3]
+        M = torch.cat([sR, Tij[:, :3, None]], -1)[self.block_edge]  # [NB, 3, 4]
+        Mp = M.permute(1, 2, 0)[..., None].contiguous()  # [3, 4, NB, 1]
+        groups = _rows.GROUPS[self.variant]
+        acc = [torch.zeros(self.E, len(c) + 1, len(c) + 1, dtype=torch.float64, device=Twc.device) for c, _ in groups]
+        huber = params["huber"]
+        for b0 in range(0, self.NB, self.chunk_blocks):
+            b1 = min(self.NB, b0 + self.chunk_blocks)
+            sl = slice(b0, b1)
+            Xj = self.Xj[:, sl]
+            Mc = Mp[:, :, sl]
+            P = torch.empty_like(Xj)
+            for c in range(3):  # P = s R Xj + t
+                torch.addcmul(Mc[c, 3], Mc[c, 0], Xj[0], out=P[c])
+                P[c].addcmul_(Mc[c, 1], Xj[1]).addcmul_(Mc[c, 2], Xj[2])
+            P = P.to(self.work)
+            bufs = self.bufs.views(b1 - b0)
+            if self.variant == "rays":
+                _rows.fill_rays(bufs, P, self.ray_m[:, sl], self.n_m[sl], self.s[:, sl], huber)
+            elif self.variant == "calib":
+                _rows.fill_calib(bufs, P, self.uv_m[:, sl], self.logz_m[sl], self.s[:, sl], self.K, params["height"],
+                                 params["width"], params["pixel_border"], params["z_eps"], huber)
+            else:
+                _rows.fill_points(bufs, P, self.X_m[:, sl], self.s[:, sl], huber)
+            edges = self.block_edge[sl]
+            for a, S in zip(acc, _rows.group_block_sums(bufs)):
+                a.index_add_(0, edges, S.double())
+        return _rows.scatter_sums(self.variant, acc)
 
 
-def _solve_step(
-    variant: str,
-    Twc: Tensor,
-    Xs: Tensor,
-    Cs: Tensor,
-    ii_pos: Tensor,
-    jj_pos: Tensor,
-    idx_ii2jj: Tensor,
-    valid_match: Tensor,
-    Q: Tensor,
-    params: dict,
-) -> Tensor:
+def _solve_step(graph: _Graph, Twc: Tensor, ii_pos: Tensor, jj_pos: Tensor, params: dict) -> Tensor:
     """One Gauss-Newton step dx [n-1, 7] (zeros if the factorisation fails)."""
     n = Twc.shape[0]
-    E = ii_pos.shape[0]
-    HW = Xs.shape[1]
-    chunk = max(1, _GN_CHUNK_PIXELS // max(1, HW))
-    A_parts, g_parts = [], []
-    for e0 in range(0, E, chunk):
-        sl = slice(e0, e0 + chunk)
-        A, g = _edge_sums(variant, Twc, Xs, Cs, ii_pos[sl], jj_pos[sl], idx_ii2jj[sl], valid_match[sl], Q[sl], params)
-        A_parts.append(A)
-        g_parts.append(g)
-    A_loc = torch.cat(A_parts)
-    g_loc = torch.cat(g_parts)
+    S = graph.sums(Twc, ii_pos, jj_pos, params)
+    A_loc = S[:, :7, :7]
+    g_loc = S[:, :7, 7]
     Ad = Sim3.adjoint(Sim3.inv(Twc[ii_pos])).double()  # J_j = J_loc Ad(T_i^-1)
     A = Ad.transpose(1, 2) @ A_loc @ Ad  # [E, 7, 7]
     g = (Ad.transpose(1, 2) @ g_loc[..., None])[..., 0]  # [E, 7]
@@ -229,47 +241,57 @@ def _solve_step(
     return dx.reshape(n - 1, 7).to(Twc.dtype)
 
 
-def _gauss_newton(variant: str, Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, params, max_iter, delta_thresh) -> Tensor:
+def _gauss_newton(variant: str, Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, params, max_iter, delta_thresh,
+                  p_ii2jj=None, height=None, width=None) -> Tensor:
     n = Twc.shape[0]
     ii_pos, jj_pos = keyframe_positions(ii, jj)
-    T = Twc.clone()
-    active = torch.ones((), dtype=torch.bool, device=Twc.device)
-    dx_last = torch.zeros(n - 1, 7, dtype=Twc.dtype, device=Twc.device)
-    for _ in range(max_iter):
-        dx = _solve_step(variant, T, Xs, Cs, ii_pos, jj_pos, idx_ii2jj, valid_match, Q, params)
-        T_new = torch.cat([T[:1], Sim3.retr(T[1:], dx)])
-        T = torch.where(active, T_new, T)
-        dx_last = torch.where(active, dx, dx_last)
-        active = active & (torch.linalg.norm(dx) >= delta_thresh)
-        if not T.is_cuda and not bool(active):  # free on the CPU; on a GPU the masked loop runs on
-            break
-    Twc.copy_(T)
+    with torch.no_grad():
+        graph = _Graph(variant, Xs, Cs, ii_pos, jj_pos, idx_ii2jj, valid_match, Q, params, p_ii2jj, height, width)
+        T = Twc.clone()
+        active = torch.ones((), dtype=torch.bool, device=Twc.device)
+        dx_last = torch.zeros(n - 1, 7, dtype=Twc.dtype, device=Twc.device)
+        for _ in range(max_iter):
+            dx = _solve_step(graph, T, ii_pos, jj_pos, params)
+            T_new = torch.cat([T[:1], Sim3.retr(T[1:], dx)])
+            T = torch.where(active, T_new, T)
+            dx_last = torch.where(active, dx, dx_last)
+            active = active & (torch.linalg.norm(dx) >= delta_thresh)
+            if not T.is_cuda and not bool(active):  # free on the CPU; on a GPU the masked loop runs on
+                break
+        Twc.copy_(T)
     return dx_last
 
 
 def _gauss_newton_rays(
-    Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, sigma_ray, sigma_dist, C_thresh, Q_thresh, max_iter, delta_thresh, huber=1.345
+    Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, sigma_ray, sigma_dist, C_thresh, Q_thresh, max_iter, delta_thresh, huber=1.345,
+    p_ii2jj=None, width=None,
 ) -> Tensor:
     """Mirrors ``ops.gauss_newton_rays`` (Twc updated in place; returns the last step [n-1, 7])."""
     params = dict(sigma_ray=sigma_ray, sigma_dist=sigma_dist, C_thresh=C_thresh, Q_thresh=Q_thresh, huber=huber)
-    return _gauss_newton("rays", Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, params, max_iter, delta_thresh)
+    height = None if width is None else Xs.shape[1] // width
+    return _gauss_newton("rays", Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, params, max_iter, delta_thresh, p_ii2jj,
+                         height, width)
 
 
 def _gauss_newton_calib(
     Twc, Xs, Cs, K, ii, jj, idx_ii2jj, valid_match, Q, height, width, pixel_border, z_eps, sigma_pixel, sigma_depth,
-    C_thresh, Q_thresh, max_iter, delta_thresh, huber=1.345,
+    C_thresh, Q_thresh, max_iter, delta_thresh, huber=1.345, p_ii2jj=None,
 ) -> Tensor:
     """Mirrors ``ops.gauss_newton_calib`` (Twc updated in place; returns the last step [n-1, 7])."""
     params = dict(
         K=K, height=height, width=width, pixel_border=pixel_border, z_eps=z_eps, sigma_pixel=sigma_pixel,
         sigma_depth=sigma_depth, C_thresh=C_thresh, Q_thresh=Q_thresh, huber=huber,
     )
-    return _gauss_newton("calib", Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, params, max_iter, delta_thresh)
+    return _gauss_newton("calib", Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, params, max_iter, delta_thresh, p_ii2jj,
+                         height, width)
 
 
 def _gauss_newton_points(
-    Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, sigma_point, C_thresh, Q_thresh, max_iter, delta_thresh, huber=1.345
+    Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, sigma_point, C_thresh, Q_thresh, max_iter, delta_thresh, huber=1.345,
+    p_ii2jj=None, width=None,
 ) -> Tensor:
     """Mirrors ``ops.gauss_newton_points`` (Twc updated in place; returns the last step [n-1, 7])."""
     params = dict(sigma_point=sigma_point, C_thresh=C_thresh, Q_thresh=Q_thresh, huber=huber)
-    return _gauss_newton("points", Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, params, max_iter, delta_thresh)
+    height = None if width is None else Xs.shape[1] // width
+    return _gauss_newton("points", Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, params, max_iter, delta_thresh, p_ii2jj,
+                         height, width)

@@ -104,18 +104,48 @@ def test_huber_weight_values():
     torch.testing.assert_close(huber_weight(e, 1.345), torch.tensor([1.0, 1.0, 1.0, 0.5, 0.1]))
 
 
-def _reference_loop(lin, T, max_iters, huber, rel_error, delta_norm):
+def _normal_equations(variant, X_f, X_k, sqrt_w, dtype=None):
+    meas, vmeas = ops.calib_measurements(X_k, H, W, 1e-6)
+    if variant == "rays":
+        return tt.NormalEquations("rays", X_f, sqrt_w, 1.345, X_k=X_k, sigma_ray=0.003, sigma_dist=10.0)
+    return tt.NormalEquations("calib", X_f, sqrt_w, 1.345, meas_k=meas, valid_meas_k=vmeas, K=K.to(X_f), height=H, width=W,
+                              sigma_pixel=1.0, sigma_depth=10.0, pixel_border=-10, depth_eps=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["rays", "calib"])
+def test_planar_normal_equations_match_reference(variant):
+    """The solver's normal equations (planar rows, blocked sums) equal those of the straightforward
+    linearisation (r, J, s per pixel) + irls_normal_equations: in float64 to rounding, in float32
+    within the accuracy of float32 residuals."""
+    T_true, X_f, X_k, sqrt_w = _problem(6, noise=0.003, outliers=0.1, dtype=torch.float64)
+    T = Sim3.retr(T_true, torch.tensor([0.01, -0.02, 0.01, 0.02, -0.01, 0.01, 0.03], dtype=torch.float64))
+    meas, vmeas = ops.calib_measurements(X_k, H, W, 1e-6)
+    if variant == "rays":
+        ref = tt.irls_normal_equations(*tt.linearize_rays(T, X_f, X_k, sqrt_w, 0.003, 10.0), 1.345)
+    else:
+        ref = tt.irls_normal_equations(*tt.linearize_calib(T, X_f, meas, vmeas, sqrt_w, K.double(), H, W, 1.0, 10.0, -10, 1e-6),
+                                       1.345)
+    for dtype, rtol in ((torch.float64, 1e-10), (torch.float32, 2e-4)):
+        ne = _normal_equations(variant, X_f.to(dtype), X_k.to(dtype), sqrt_w.to(dtype))
+        out = ne(T.to(dtype))
+        for a, b in zip(out, ref):
+            assert a.dtype == torch.float64
+            scale = b.abs().max()
+            assert (a - b).abs().max() <= rtol * scale, (dtype, (a - b).abs().max() / scale)
+
+
+def _reference_loop(normal_eqs, T, max_iters, rel_error, delta_norm):
     """The original's loop: host-side cost and convergence test, break after the update."""
     old_cost = float("inf")
     iters = 0
     converged = False
     for _ in range(max_iters):
         iters += 1
-        Hm, g, cost_t = tt.irls_normal_equations(*lin(T), huber)
+        Hm, g, cost_t = normal_eqs(T)
         new_cost = cost_t.item()
         L = torch.linalg.cholesky(Hm)  # raises on failure, as the original
         xi = torch.cholesky_solve(g[:, None], L)[:, 0]
-        T = Sim3.retr(T, xi.to(T.dtype))
+        T = tt.retract(T, xi)
         rel = math.fabs((old_cost - new_cost) / old_cost) if math.isfinite(old_cost) else math.nan
         if rel < rel_error or torch.linalg.norm(xi).item() < delta_norm:
             converged = True
@@ -129,17 +159,19 @@ def _reference_loop(lin, T, max_iters, huber, rel_error, delta_norm):
 def test_no_sync_loop_equals_early_stopping_loop(variant, max_iters, rel_error, delta_norm):
     T_true, X_f, X_k, sqrt_w = _problem(3, noise=0.003, outliers=0.05)
     T0 = Sim3.identity()
+    T_ref, it_ref, conv_ref = _reference_loop(_normal_equations(variant, X_f, X_k, sqrt_w), T0, max_iters, rel_error, delta_norm)
+    tol = dict(max_iters=max_iters, rel_error=rel_error, delta_norm=delta_norm)
+    results = [_solve(variant, T0, X_f, X_k, sqrt_w, **tol)]  # the CPU default: host loop
     meas, vmeas = ops.calib_measurements(X_k, H, W, 1e-6)
-    if variant == "rays":
-        def lin(T):
-            return tt.linearize_rays(T, X_f, X_k, sqrt_w, 0.003, 10.0)
-    else:
-        def lin(T):
-            return tt.linearize_calib(T, X_f, meas, vmeas, sqrt_w, K, H, W, 1.0, 10.0, -10, 1e-6)
-    T_ref, it_ref, conv_ref = _reference_loop(lin, T0, max_iters, 1.345, rel_error, delta_norm)
-    for sync_every in (0, 1, 4):
-        res = _solve(variant, T0, X_f, X_k, sqrt_w, max_iters=max_iters, rel_error=rel_error, delta_norm=delta_norm,
-                     sync_every=sync_every)
+    for sync_every in (0, 1, 4):  # the masked no-sync loop (the GPU's PyTorch path)
+        if variant == "rays":
+            res = tt._track_rays(T0, X_f, X_k, sqrt_w, 0.003, 10.0, 1.345, max_iters, rel_error, delta_norm, sync_every,
+                                 host_loop=False)
+        else:
+            res = tt._track_calib(T0, X_f, meas, vmeas, sqrt_w, K, H, W, 1.0, 10.0, -10, 1e-6, 1.345, max_iters, rel_error,
+                                  delta_norm, sync_every, host_loop=False)
+        results.append(res)
+    for res in results:
         assert torch.equal(res.T_CkCf, T_ref)
         assert int(res.num_iters) == it_ref and bool(res.converged) == conv_ref and not bool(res.failed)
 
