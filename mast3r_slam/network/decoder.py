@@ -160,7 +160,7 @@ def _paired_block(st: dict, X: torch.Tensor, own, other, nh: int, eps: float, im
         a = attention(q.reshape(S * B, nh, N, dh), k.reshape(S * B, nh, N, dh), v.reshape(S * B, nh, N, dh), impl)
         return a.reshape(S, B, nh, N, dh).transpose(2, 3).reshape(S, B * N, C)
 
-    Y = X.flip(0)  # the other stream's input to this layer
+    Y = torch.cat((X[1:], X[:1])) if S == 2 else X.flip(0)  # the other stream's input (a copy; cat beats flip)
     # self-attention
     qkv = lin(ln(X, "norm1"), "attn.qkv").view(S, B, N, 3, nh, dh).permute(3, 0, 1, 4, 2, 5)  # [3, 2, B, nh, N, dh]
     qk = apply_rope(qkv[:2], *own)

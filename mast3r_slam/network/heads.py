@@ -120,8 +120,95 @@ class F32OutConv(F32Conv2d):
         return y.view(B, H, W, O).permute(0, 3, 1, 2)
 
 
+#: half-precision x2 upsampling as two matrix products ("matmul") or F.interpolate ("interpolate")
+UP2_IMPL = "matmul"
+_INTERP: dict[tuple, torch.Tensor] = {}
+
+
+def _interp_matrix(n: int, device, dtype) -> torch.Tensor:
+    """[2n, n] matrix of bilinear x2 interpolation with align_corners=True along one axis.
+
+    Output i samples the input at s = i (n - 1) / (2n - 1) (computed in fp32 like PyTorch's kernel):
+    weight 1 - f on floor(s) and f on floor(s) + 1 (clamped), f = s - floor(s). Cached per
+    (n, device, dtype); the first call per size happens in a warm-up run, before any graph capture.
+    """
+    key = (n, str(device), dtype)
+    A = _INTERP.get(key)
+    if A is None:
+        scale = torch.tensor((n - 1) / (2 * n - 1) if n > 1 else 0.0, dtype=torch.float32)
+        src = torch.arange(2 * n, dtype=torch.float32) * scale
+        i0 = src.floor().long().clamp(max=n - 1)
+        i1 = (i0 + 1).clamp(max=n - 1)
+        f = (src - i0.float()).double()
+        A = torch.zeros(2 * n, n, dtype=torch.float64)
+        rows = torch.arange(2 * n)
+        A.index_put_((rows, i0), 1 - f, accumulate=True)
+        A.index_put_((rows, i1), f, accumulate=True)
+        A = _INTERP[key] = A.to(device=device, dtype=dtype)
+    return A
+
+
+def _up2_matmul(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear x2 (align_corners=True) of x [B, C, h, w] as an interpolation matrix product per axis.
+
+    Half-precision tensor-core GEMMs (fp32 accumulation) at about the memory traffic of one read and
+    one write, where PyTorch's channels-last upsampling kernel runs far below bandwidth. Keeps x's
+    memory format (channels-last in, channels-last out).
+    """
+    B, C, h, w = x.shape
+    Ah = _interp_matrix(h, x.device, x.dtype)  # [2h, h]
+    Aw = _interp_matrix(w, x.device, x.dtype)  # [2w, w]
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        xn = x.permute(0, 2, 3, 1)  # [B, h, w, C] contiguous
+        y = torch.matmul(Aw, xn.reshape(B * h, w, C))  # [B h, 2w, C] (A broadcast over the batch)
+        z = torch.matmul(Ah, y.view(B, h, 2 * w * C))  # [B, 2h, 2w C]
+        return z.view(B, 2 * h, 2 * w, C).permute(0, 3, 1, 2)
+    y = torch.mm(x.contiguous().view(B * C * h, w), Aw.t())  # [B C h, 2w]
+    z = torch.matmul(Ah, y.view(B * C, h, 2 * w))  # [B C, 2h, 2w]
+    return z.view(B, C, 2 * h, 2 * w)
+
+
 def _up2(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype != torch.float32 and UP2_IMPL == "matmul":
+        return _up2_matmul(x)
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+
+
+#: fuse conv + bias + ReLU into one cuDNN call in half-precision heads (checked once per device/layout)
+FUSE_CONV_RELU = True
+_CONV_RELU_OK: dict[tuple, bool] = {}
+
+
+def _conv_relu_ok(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    key = (str(x.device), x.dtype, cl)
+    ok = _CONV_RELU_OK.get(key)
+    if ok is None:
+        if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+            return False
+        try:  # probe on a small input: the fused op must exist and agree with conv + relu
+            g = torch.Generator(device="cpu").manual_seed(0)
+            xi = torch.randn(1, 8, 6, 10, generator=g).to(x.device, x.dtype)
+            wi = (torch.randn(16, 8, 3, 3, generator=g) * 0.2).to(x.device, x.dtype)
+            bi = torch.randn(16, generator=g).to(x.device, x.dtype)
+            if cl:
+                xi, wi = xi.contiguous(memory_format=torch.channels_last), wi.contiguous(memory_format=torch.channels_last)
+            ref = F.relu(F.conv2d(xi, wi, bi, 1, 1)).float()
+            got = torch.cudnn_convolution_relu(xi, wi, bi, (1, 1), (1, 1), (1, 1), 1).float()
+            ok = bool(got.shape == ref.shape and torch.allclose(got, ref, rtol=2e-2, atol=2e-2))
+        except Exception:  # noqa: BLE001 - op missing / unsupported: plain conv + relu
+            ok = False
+        _CONV_RELU_OK[key] = ok
+    return ok and conv.groups == 1 and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+
+
+def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """relu(conv(x)): one fused cuDNN call (bias and ReLU in the epilogue) for half inputs on a GPU."""
+    if FUSE_CONV_RELU and x.dtype != torch.float32 and x.is_cuda and _conv_relu_ok(x, conv):
+        w = conv.weight.to(x.dtype)
+        b = conv.bias.to(x.dtype) if conv.bias is not None else torch.zeros(w.shape[0], device=x.device, dtype=x.dtype)
+        return torch.cudnn_convolution_relu(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return F.relu(conv(x))
 
 
 class Upsample2(nn.Module):
@@ -140,7 +227,7 @@ class ResidualConvUnit(nn.Module):
         self.conv2 = F32Conv2d(ch, ch, 3, padding=1, bias=True)
 
     def forward(self, z):
-        return self.conv2(F.relu(self.conv1(F.relu(z)))) + z
+        return self.conv2(conv_relu(self.conv1, F.relu(z))) + z
 
 
 class FusionBlock(nn.Module):
@@ -208,7 +295,8 @@ class DPTHead(nn.Module):
         p3 = s.refinenet3(p4, maps[2])
         p2 = s.refinenet2(p3, maps[1])
         p1 = s.refinenet1(p2, maps[0])
-        return self.head(p1)
+        hd = self.head  # conv, up x2, conv + ReLU (fused on the GPU in half precision), 1x1 conv (fp32 out)
+        return hd[4](conv_relu(hd[2], hd[1](hd[0](p1))))
 
 
 class Mast3rHead(nn.Module):
@@ -231,9 +319,7 @@ class Mast3rHead(nn.Module):
         raw_pts = self.dpt(tokens, (h, w))  # [B, 4, H, W] compute dtype
         cat = torch.cat((tokens[0], tokens[-1]), dim=-1)  # [B, N, C_enc + C_dec]
         loc = self.head_local_features(cat)  # [B, N, 25 * p^2]
-        B = loc.shape[0]
-        loc = F.pixel_shuffle(loc.transpose(1, 2).reshape(B, -1, h, w), p)  # [B, 25, H, W]
-        return postprocess(raw_pts, loc, self.arch.desc_dim)
+        return postprocess(raw_pts, shuffle_local(loc, h, w, p), self.arch.desc_dim)
 
 
 class _LocalMlp(nn.Module):
@@ -246,8 +332,21 @@ class _LocalMlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
+def shuffle_local(loc: torch.Tensor, h: int, w: int, p: int) -> torch.Tensor:
+    """Pixel shuffle of the local-feature MLP output, straight to fp32 channels-last, in one copy.
+
+    loc [B, h*w, c*p*p] (channel index k*p*p + i*p + j, as F.pixel_shuffle reads it) ->
+    [B, h*p, w*p, c] fp32: pixel (y*p + i, x*p + j) of token (y, x) gets channels k.
+    """
+    B, N, K = loc.shape
+    c = K // (p * p)
+    out = torch.empty((B, h * p, w * p, c), device=loc.device, dtype=torch.float32)
+    out.view(B, h, p, w, p, c).copy_(loc.view(B, h, w, c, p, p).permute(0, 1, 4, 2, 5, 3))
+    return out
+
+
 def postprocess(raw_pts: torch.Tensor, raw_local: torch.Tensor, desc_dim: int) -> dict[str, torch.Tensor]:
-    """raw_pts [B, 4, H, W] (xyz, conf), raw_local [B, desc_dim + 1, H, W] -> output dict (channels last).
+    """raw_pts [B, 4, H, W] (xyz, conf), raw_local [B, H, W, desc_dim + 1] -> output dict (channels last).
 
     pts3d = r / max(|r|, 1e-8) * expm1(|r|); conf = 1 + exp(c); desc = d / |d| (no epsilon);
     desc_conf = exp(q). Computed in fp32 whatever the dtype of the raw outputs.
@@ -257,8 +356,8 @@ def postprocess(raw_pts: torch.Tensor, raw_local: torch.Tensor, desc_dim: int) -
     d = xyz.norm(dim=-1, keepdim=True)
     pts3d = xyz / d.clip(min=1e-8) * torch.expm1(d)
     conf = 1.0 + raw_pts[:, 3].exp()
-    desc = raw_local[:, :desc_dim].permute(0, 2, 3, 1)
+    desc = raw_local[..., :desc_dim]
     desc = desc / desc.norm(dim=-1, keepdim=True)
-    desc_conf = raw_local[:, desc_dim].exp()
+    desc_conf = raw_local[..., desc_dim].exp()
     out = {"pts3d": pts3d, "conf": conf, "desc": desc, "desc_conf": desc_conf}
     return {k: v.contiguous() for k, v in out.items()}

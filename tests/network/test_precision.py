@@ -192,3 +192,50 @@ def test_out_conv_fp32_from_half():
     assert out.dtype == torch.float32 and out.shape == ref.shape
     xr = x.to(torch.bfloat16).float()
     torch.testing.assert_close(out, torch.nn.functional.conv2d(xr, conv.weight, conv.bias), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(1, 3), (6, 8), (24, 32)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_up2_matmul_equals_interpolate(hw, channels_last):
+    from mast3r_slam.network.heads import _up2_matmul
+
+    torch.manual_seed(hw[0])
+    x = torch.randn(2, 5, *hw)
+    ref = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+    xx = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    out = _up2_matmul(xx)  # fp32 here (the model uses it for half inputs only)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    if channels_last and hw[0] > 1:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    outh = _up2_matmul(xx.to(torch.bfloat16)).float()  # one extra rounding against the exact interpolation
+    assert float(((outh - ref).abs() / ref.abs().clamp_min(0.1)).median()) < 1e-2
+
+
+def test_shuffle_local_equals_pixel_shuffle():
+    from mast3r_slam.network.heads import shuffle_local
+
+    torch.manual_seed(6)
+    loc = torch.randn(2, 3 * 5, 7 * 4 * 4)
+    ref = torch.nn.functional.pixel_shuffle(loc.transpose(1, 2).reshape(2, -1, 3, 5), 4).permute(0, 2, 3, 1)
+    out = shuffle_local(loc.to(torch.bfloat16), 3, 5, 4)
+    assert out.dtype == torch.float32 and out.shape == (2, 12, 20, 7) and out.is_contiguous()
+    assert torch.equal(out, ref.to(torch.bfloat16).float())
+
+
+def test_half_rope_fma_matches_formula():
+    from mast3r_slam.network.layers import rope
+
+    torch.manual_seed(7)
+    t = torch.randn(2, 3, 2, 5, 16)  # [S, B, heads, N, Dh]
+    cos, sin = torch.randn(2, 3, 1, 5, 16).unbind(0)
+    ref = rope.apply_rope(t, cos, sin)  # fp32 formula
+    half = rope.apply_rope(t.to(torch.bfloat16), cos.to(torch.bfloat16), sin.to(torch.bfloat16)).float()
+    assert half.shape == ref.shape
+    torch.testing.assert_close(half, ref, rtol=5e-2, atol=5e-2)
+    old = rope.HALF_IMPL
+    try:
+        rope.HALF_IMPL = "flip"
+        flip = rope.apply_rope(t.to(torch.bfloat16), cos.to(torch.bfloat16), sin.to(torch.bfloat16)).float()
+    finally:
+        rope.HALF_IMPL = old
+    assert float((half - ref).abs().mean()) <= float((flip - ref).abs().mean()) * 1.05  # one rounding less
