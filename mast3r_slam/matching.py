@@ -171,24 +171,34 @@ def make_matcher(cfg, revalidate: bool = False) -> Matcher:
 
 
 def subpixel_positions(
-    X11: Tensor,  # [HW, 3] image 1's points in camera 1
-    X21: Tensor,  # [HW, 3] image 2's points in camera 1
-    idx_1_to_2: Tensor,  # [HW] int64 integer matches (e.g. after descriptor refinement)
+    X11: Tensor,  # [HW, 3] or [B, HW, 3] image 1's points in camera 1
+    X21: Tensor,  # [HW, 3] or [B, HW, 3] image 2's points in camera 1
+    idx_1_to_2: Tensor,  # [HW] or [B, HW] int64 integer matches (e.g. after descriptor refinement)
     H: int,
     W: int,
     iters: int = 3,
     lambda_init: float = 1e-8,
 ) -> Tensor:
-    """Polish integer matches to sub-pixel positions in image 1 [HW, 2] (u, v) float.
+    """Polish integer matches to sub-pixel positions in image 1: [HW, 2] (or [B, HW, 2]) (u, v) float.
 
     A few projective iterations started at the (refined) integer match converge to the
     position whose ray agrees with X21's ray, so that downstream residuals do not inherit the
-    integer rounding (which is nearly constant over neighbouring pixels and biases poses).
+    integer rounding (which is nearly constant over neighbouring pixels and biases poses). One
+    batched call for B pairs (the backend polishes both directions of all new edges at once).
     """
-    rays_with_grad, target = prepare_rays(X11.reshape(1, H, W, 3).float(), X21.reshape(1, H, W, 3).float())
-    p0 = lin_to_pixel(idx_1_to_2[None], W).float().contiguous()
+    single = idx_1_to_2.dim() == 1
+    if single:
+        X11, X21, idx_1_to_2 = X11[None], X21[None], idx_1_to_2[None]
+    B = idx_1_to_2.shape[0]
+    if X11.shape[:2] != (B, H * W) or X21.shape != X11.shape or idx_1_to_2.shape != (B, H * W):
+        raise ops.KernelArgumentError(
+            f"subpixel_positions: X11, X21 must be [B, HW, 3] and idx_1_to_2 [B, HW] with HW = {H} * {W}, got "
+            f"{list(X11.shape)}, {list(X21.shape)}, {list(idx_1_to_2.shape)}"
+        )
+    rays_with_grad, target = prepare_rays(X11.reshape(B, H, W, 3).float(), X21.reshape(B, H, W, 3).float())
+    p0 = lin_to_pixel(idx_1_to_2, W).float().contiguous()
     p, _ = ops.iter_proj(rays_with_grad, target, p0, iters, lambda_init, 0.0)
-    return p[0]
+    return p[0] if single else p
 
 
 def sample_pointmap(X: Tensor, p: Tensor, H: int, W: int) -> Tensor:

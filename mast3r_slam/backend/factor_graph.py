@@ -16,6 +16,7 @@ from .. import ops
 from ..config import Config
 from ..geometry import constrain_points_to_ray
 from ..priors.base import Prior
+from ..matching import subpixel_positions
 from .keyframe_cache import KeyframeCache
 from ..timing import timed
 
@@ -44,6 +45,10 @@ class FactorGraph:
         self.valid_match_i = torch.zeros(0, HW, 1, dtype=torch.bool, device=d)
         self.Q_ii2jj = torch.zeros(0, HW, 1, device=d)
         self.Q_jj2ii = torch.zeros(0, HW, 1, device=d)
+        # sub-pixel matches (cfg.matching.subpixel): position (u, v) in i matched to each pixel of j, and vice versa
+        self.subpixel = bool(cfg.matching.subpixel)
+        self.p_ii2jj = torch.zeros(0, HW, 2, device=d)
+        self.p_jj2ii = torch.zeros(0, HW, 2, device=d)
 
     def __len__(self) -> int:
         return int(self.ii.numel())
@@ -81,6 +86,10 @@ class FactorGraph:
             idx, valid = self.matcher(X11.reshape(shp), X21.reshape(shp), D11.reshape(shp), D21.reshape(shp))
         idx_i2j, idx_j2i = idx[:B], idx[B:]
         valid_j, valid_i = valid[:B], valid[B:]
+        if self.subpixel:  # both directions of all pairs in one batched call
+            with timed("backend.subpixel"):
+                p = subpixel_positions(X11, X21, idx, H, W, self.cfg.matching.subpixel_iters)
+            p_i2j, p_j2i = p[:B], p[B:]
         Q_j = torch.sqrt(torch.gather(Q[0], 1, idx_i2j[..., None]) * Q[1])
         Q_i = torch.sqrt(torch.gather(Q[2], 1, idx_j2i[..., None]) * Q[3])
         Qc = self.cfg.local_opt.Q_conf
@@ -103,6 +112,9 @@ class FactorGraph:
         self.valid_match_i = torch.cat([self.valid_match_i, valid_i[keep]])
         self.Q_ii2jj = torch.cat([self.Q_ii2jj, Q_j[keep]])
         self.Q_jj2ii = torch.cat([self.Q_jj2ii, Q_i[keep]])
+        if self.subpixel:
+            self.p_ii2jj = torch.cat([self.p_ii2jj, p_i2j[keep]])
+            self.p_jj2ii = torch.cat([self.p_jj2ii, p_j2i[keep]])
         added = B - n_invalid
         return added > 0, EdgeStats(added, n_invalid, stats_fr)
 
@@ -120,6 +132,7 @@ class FactorGraph:
         idx = torch.cat([self.idx_ii2jj, self.idx_jj2ii])
         valid = torch.cat([self.valid_match_j, self.valid_match_i])
         Q = torch.cat([self.Q_ii2jj, self.Q_jj2ii])
+        p = torch.cat([self.p_ii2jj, self.p_jj2ii]) if self.subpixel else None  # sub-pixel measurements
         ids = unique.tolist()
         Xs, Cs, T_WC, K = self.kf.stack(ids)
         H, W = self.kf.store.H, self.kf.store.W
@@ -127,12 +140,12 @@ class FactorGraph:
             Xs = constrain_points_to_ray(Xs, K, H, W)
             dx = ops.gauss_newton_calib(
                 T_WC, Xs, Cs, K, ii, jj, idx, valid, Q, H, W, int(lo.pixel_border), lo.depth_eps,
-                lo.sigma_pixel, lo.sigma_depth, lo.C_conf, lo.Q_conf, lo.max_iters, lo.delta_norm, huber=lo.huber,
+                lo.sigma_pixel, lo.sigma_depth, lo.C_conf, lo.Q_conf, lo.max_iters, lo.delta_norm, huber=lo.huber, p_ii2jj=p,
             )
         else:
             dx = ops.gauss_newton_rays(
                 T_WC, Xs, Cs, ii, jj, idx, valid, Q, lo.sigma_ray, lo.sigma_dist, lo.C_conf, lo.Q_conf,
-                lo.max_iters, lo.delta_norm, huber=lo.huber,
+                lo.max_iters, lo.delta_norm, huber=lo.huber, p_ii2jj=p, width=W,
             )
         pin = lo.pin
         self.kf.store.set_poses(ids[pin:], T_WC[pin:])

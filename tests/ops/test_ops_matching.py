@@ -127,6 +127,25 @@ def test_refine_recovers_shifted_descriptors():
         assert torch.equal(out[..., 0][unclamped], tu[unclamped]) and torch.equal(out[..., 1][unclamped], tv[unclamped])
 
 
+def test_subpixel_positions_batched_equals_single(golden_matching):
+    """The backend polishes all directed pairs in one call: same positions as one call per pair."""
+    Xa, Xb, ids = [], [], []
+    for pair in PAIRS:
+        d = _pair(golden_matching, pair)
+        B, H, W, _ = d["X11"].shape
+        idx, _ = matching.match(d["X11"], d["X21"], d["D11"], d["D21"], **CFG)
+        Xa.append(d["X11"].reshape(H * W, 3))
+        Xb.append(d["X21"].reshape(H * W, 3))
+        ids.append(idx[0])
+    single = torch.stack([matching.subpixel_positions(a, b, i, H, W, 3) for a, b, i in zip(Xa, Xb, ids)])
+    batched = matching.subpixel_positions(torch.stack(Xa), torch.stack(Xb), torch.stack(ids), H, W, 3)
+    assert batched.shape == (len(PAIRS), H * W, 2) and torch.equal(batched, single)
+    start = matching.lin_to_pixel(torch.stack(ids), W).float()
+    assert (batched - start).abs().max().item() > 0.1  # the integer matches do move
+    with pytest.raises(ops.KernelArgumentError, match="subpixel_positions"):
+        matching.subpixel_positions(torch.stack(Xa), torch.stack(Xb), torch.stack(ids)[:1], H, W, 3)
+
+
 def test_make_matcher_uses_config(golden_matching):
     cfg = MatchingConfig(dist_thresh=0.05)
     m = matching.make_matcher(cfg)
