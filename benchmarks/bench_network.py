@@ -24,7 +24,7 @@ from its compiled RoPE kernel). Any other name is ``<trunk>[-flag...]``, trunk f
 * ``nobench``: cuDNN autotuning off;
 * ``interp``: half-precision x2 upsampling by F.interpolate instead of two interpolation matmuls;
 * ``nofuse``: no fused cuDNN conv + bias + ReLU in half-precision heads;
-* ``ropeflip``: half-precision RoPE by the fp32 formula (swapped copy) instead of mul + addcmul;
+* ``notriton``: local-feature post-processing in PyTorch ops instead of the fused Triton kernel;
 * ``graphs``: no-op (graphs are on by default; kept for ``fp32-graphs``).
 
 Examples: ``fp16`` (fp16 trunk, fp32 heads, graphs), ``fp16-h16-cl`` (the fastest configuration
@@ -183,8 +183,8 @@ def golden_check(model) -> dict:
 
 
 # ---------------------------------------------------------------------------- configurations
-DEFAULT_VARIANTS = "original,fp16-eager,fp16,fp16-cl,fp16-h16,fp16-h16-cl,fp16-h16-eager,bf16-hbf16-cl"
-_FLAGS = {"eager", "h16", "hbf16", "f32heads", "cl", "convt", "nobench", "graphs", "interp", "nofuse", "ropeflip"}
+DEFAULT_VARIANTS = "original,fp16-eager,fp16,fp16-cl,fp16-h16,fp16-h16-cl,fp16-h16-cl-eager,bf16-hbf16-cl"
+_FLAGS = {"eager", "h16", "hbf16", "f32heads", "cl", "convt", "nobench", "graphs", "interp", "nofuse", "notriton"}
 _TRUNKS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -204,13 +204,12 @@ def parse_variant(name: str) -> dict:
 def make_variant(base, name: str, device: torch.device):
     """(model, options) for a configuration name; ``base`` is the CPU fp32 model (left untouched)."""
     from mast3r_slam.network import heads as heads_mod
-    from mast3r_slam.network.layers import rope as rope_mod
 
     o = parse_variant(name)
     heads_mod.F32ConvTranspose2d.use_matmul = "convt" not in o["flags"]
     heads_mod.UP2_IMPL = "interpolate" if "interp" in o["flags"] else "matmul"
     heads_mod.FUSE_CONV_RELU = "nofuse" not in o["flags"]
-    rope_mod.HALF_IMPL = "flip" if "ropeflip" in o["flags"] else "fma"
+    heads_mod.FUSED_LOCAL = "notriton" not in o["flags"]
     m = copy.deepcopy(base)
     if o["original"]:
         m.configure(device, torch.float32).set_attention("math")

@@ -146,9 +146,19 @@ def _paired_block(st: dict, X: torch.Tensor, own, other, nh: int, eps: float, im
     dh = C // nh
     dt = st["attn.qkv.weight"].dtype
 
-    def ln(x, name):  # per-stream LayerNorm (fp32) -> compute dtype, flattened to [2, B*N, C]
-        y = torch.addcmul(st[name + ".bias"][:, None, None], F.layer_norm(x, (C,), eps=eps), st[name + ".weight"][:, None, None])
-        return y.to(dt).view(S, B * N, C)
+    def ln(x, name, swap: bool = False):
+        """Per-stream LayerNorm (fp32) -> compute dtype, [2, B*N, C]; ``swap``: stream s normalises x[1 - s]."""
+        w, b = st[name + ".weight"], st[name + ".bias"]
+        if dt == torch.float32:  # the reference formulation (fp32 parity)
+            if swap:
+                x = torch.cat((x[1:], x[:1])) if S == 2 else x.flip(0)
+            return torch.addcmul(b[:, None, None], F.layer_norm(x, (C,), eps=eps), w[:, None, None]).view(S, B * N, C)
+        # half: affine fused into each stream's layer_norm, written straight into the half tensor
+        # (one pass less than norm + addcmul + cast, and no swapped copy of x)
+        out = torch.empty((S, B, N, C), device=x.device, dtype=dt)
+        for s in range(S):
+            out[s].copy_(F.layer_norm(x[S - 1 - s] if swap else x[s], (C,), w[s], b[s], eps))
+        return out.view(S, B * N, C)
 
     def lin(x, name):  # [2, M, Cin] -> [2, M, Cout]
         return torch.baddbmm(st[name + ".bias"][:, None], x, st[name + ".weight"].transpose(1, 2))
@@ -160,13 +170,13 @@ def _paired_block(st: dict, X: torch.Tensor, own, other, nh: int, eps: float, im
         a = attention(q.reshape(S * B, nh, N, dh), k.reshape(S * B, nh, N, dh), v.reshape(S * B, nh, N, dh), impl)
         return a.reshape(S, B, nh, N, dh).transpose(2, 3).reshape(S, B * N, C)
 
-    Y = torch.cat((X[1:], X[:1])) if S == 2 else X.flip(0)  # the other stream's input (a copy; cat beats flip)
+    Y = X  # this layer's input of both streams (stream s cross-attends to the other one's, Y[1 - s])
     # self-attention
     qkv = lin(ln(X, "norm1"), "attn.qkv").view(S, B, N, 3, nh, dh).permute(3, 0, 1, 4, 2, 5)  # [3, 2, B, nh, N, dh]
     qk = apply_rope(qkv[:2], *own)
     X = X + lin(attend(qk[0], qk[1], qkv[2]), "attn.proj").view(S, B, N, C)
     # cross-attention to the other stream (normalised by this stream's norm_y)
-    yn = ln(Y, "norm_y")
+    yn = ln(Y, "norm_y", swap=True)
     q = apply_rope(heads(lin(ln(X, "norm2"), "cross_attn.projq")), *own)
     k = apply_rope(heads(lin(yn, "cross_attn.projk")), *other)
     v = heads(lin(yn, "cross_attn.projv"))

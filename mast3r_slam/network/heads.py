@@ -13,6 +13,11 @@ fp32.
 The weights may be *stored* in another dtype than the compute dtype (e.g. half storage, fp32
 compute); the ``F32*`` layers below then cast them to the input's dtype on the fly.
 
+On the GPU, the half-precision x2 upsamplings run as two interpolation matrix products
+(:func:`_up2_matmul`), conv + bias + ReLU pairs as one cuDNN call (:func:`conv_relu`), and the
+local-feature output is shuffled, normalised and exponentiated by one Triton kernel
+(:mod:`.fused_local`); each falls back to plain PyTorch where it is unavailable.
+
 The DPT's kernel-equals-stride transposed convolutions (4x4/4 and 2x2/2 upsampling of the token
 maps) run as one matrix product plus a pixel shuffle (``ConvTranspose2d`` kernels are slow for
 these shapes); the sums are the same up to rounding order.
@@ -24,6 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import Mast3rArch
+from .fused_local import fused_local_postprocess
+
+#: local-feature post-processing by the fused Triton kernel on the GPU (falls back to PyTorch by itself)
+FUSED_LOCAL = True
 
 
 class F32Linear(nn.Linear):
@@ -319,7 +328,13 @@ class Mast3rHead(nn.Module):
         raw_pts = self.dpt(tokens, (h, w))  # [B, 4, H, W] compute dtype
         cat = torch.cat((tokens[0], tokens[-1]), dim=-1)  # [B, N, C_enc + C_dec]
         loc = self.head_local_features(cat)  # [B, N, 25 * p^2]
-        return postprocess(raw_pts, shuffle_local(loc, h, w, p), self.arch.desc_dim)
+        d = self.arch.desc_dim
+        fused = fused_local_postprocess(loc, h, w, p, d) if FUSED_LOCAL else None
+        if fused is None:  # PyTorch: one reordering copy, then the post-processing
+            return postprocess(raw_pts, shuffle_local(loc, h, w, p), d)
+        out = postprocess_pts(raw_pts)
+        out["desc"], out["desc_conf"] = fused
+        return out
 
 
 class _LocalMlp(nn.Module):
@@ -351,13 +366,19 @@ def postprocess(raw_pts: torch.Tensor, raw_local: torch.Tensor, desc_dim: int) -
     pts3d = r / max(|r|, 1e-8) * expm1(|r|); conf = 1 + exp(c); desc = d / |d| (no epsilon);
     desc_conf = exp(q). Computed in fp32 whatever the dtype of the raw outputs.
     """
-    raw_pts, raw_local = raw_pts.float(), raw_local.float()
+    raw_local = raw_local.float()
+    out = postprocess_pts(raw_pts)
+    desc = raw_local[..., :desc_dim]
+    out["desc"] = (desc / desc.norm(dim=-1, keepdim=True)).contiguous()
+    out["desc_conf"] = raw_local[..., desc_dim].exp().contiguous()
+    return out
+
+
+def postprocess_pts(raw_pts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """raw_pts [B, 4, H, W] -> {pts3d [B, H, W, 3], conf [B, H, W]} in fp32 (see :func:`postprocess`)."""
+    raw_pts = raw_pts.float()
     xyz = raw_pts[:, :3].permute(0, 2, 3, 1)  # [B, H, W, 3]
     d = xyz.norm(dim=-1, keepdim=True)
     pts3d = xyz / d.clip(min=1e-8) * torch.expm1(d)
     conf = 1.0 + raw_pts[:, 3].exp()
-    desc = raw_local[..., :desc_dim]
-    desc = desc / desc.norm(dim=-1, keepdim=True)
-    desc_conf = raw_local[..., desc_dim].exp()
-    out = {"pts3d": pts3d, "conf": conf, "desc": desc, "desc_conf": desc_conf}
-    return {k: v.contiguous() for k, v in out.items()}
+    return {"pts3d": pts3d.contiguous(), "conf": conf.contiguous()}

@@ -234,3 +234,22 @@ def test_prior_symmetric_batches_with_graphs(base):
             for k, ref in enumerate(single[b]):
                 assert _rel_median(pred.X[k, b], ref.X) < 5e-3
     assert sorted({k[0] for k in m._dec_graphs._graphs}) == [1, 2, 4, 8]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_fused_local_postprocess_equals_torch(dtype):
+    from mast3r_slam.network import fused_local
+    from mast3r_slam.network.heads import postprocess, shuffle_local
+
+    if fused_local.triton is None:
+        pytest.skip("Triton is not installed")
+    torch.manual_seed(9)
+    h, w, p, d = 24, 32, 16, 24
+    loc = torch.randn(3, h * w, (d + 1) * p * p, device="cuda").to(dtype)
+    out = fused_local.fused_local_postprocess(loc, h, w, p, d)
+    assert out is not None, "the Triton kernel failed its first check"
+    raw_pts = torch.randn(3, 4, h * p, w * p, device="cuda")
+    ref = postprocess(raw_pts, shuffle_local(loc, h, w, p), d)
+    torch.testing.assert_close(out[0], ref["desc"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[1], ref["desc_conf"], rtol=1e-5, atol=1e-6)
+    assert out[0].is_contiguous() and out[1].shape == (3, h * p, w * p)

@@ -64,24 +64,9 @@ class RoPE2D:
         return cos, sin
 
 
-#: half-precision RoPE as multiply + multiply-add on the quarter blocks ("fma", no swapped copy)
-#: or the fp32 formula ("flip"); fp32 tensors always take the fp32 formula (bit-identical to the original)
-HALF_IMPL = "fma"
-
-
 def apply_rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``t`` [..., B, heads, N, Dh] with tables from :meth:`RoPE2D.tables` ([B, 1, N, Dh])."""
     q = t.shape[-1] // 4
-    if t.dtype != torch.float32 and HALF_IMPL == "fma":
-        # out[a, 0] = t[a, 0] cos[a, 0] + t[a, 1] sin[a, 0]; out[a, 1] = t[a, 1] cos[a, 1] + t[a, 0] sin[a, 1]
-        # for a in (y half, x half): 4 passes over half the elements, no swapped copy of t
-        tv, cv, sv = (x.unflatten(-1, (2, 2, q)) for x in (t, cos, sin))
-        out = torch.empty(tv.shape, device=t.device, dtype=torch.result_type(t, cos))
-        for k in (0, 1):
-            o = out[..., k, :]
-            torch.mul(tv[..., k, :], cv[..., k, :], out=o)
-            o.addcmul_(tv[..., 1 - k, :], sv[..., k, :])
-        return out.flatten(-3)
     # swap the two quarter-blocks inside each half: [a, b | c, d] -> [b, a | d, c]
     swapped = t.unflatten(-1, (2, 2, q)).flip(-2).flatten(-3)
     return t * cos + swapped * sin
