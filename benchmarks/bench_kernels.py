@@ -9,7 +9,8 @@ Benchmarks (synthetic inputs, network resolution 512 x 384 unless --small):
 Each is timed for the CUDA kernels (MAST3R_SLAM_OPS=cuda) and the PyTorch path on the same device
 (MAST3R_SLAM_OPS=torch): CUDA events, median of --repeat runs after --warmup runs. A failing
 benchmark is reported and the others still run. ``--check`` also compares the CUDA results with
-the PyTorch ones. ``--device cpu --small`` tries the script without a GPU (PyTorch path only).
+the PyTorch ones. ``--device cpu --small`` tries the script without a GPU (PyTorch path only);
+the CPU table of docs/KERNELS.md is ``--device cpu --small --graph 20,40 --threads 1``.
 
     python benchmarks/bench_kernels.py --check --out bench_kernels.json
 """
@@ -205,6 +206,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     ap.add_argument("--small", action="store_true", help="128 x 96 images, 10 keyframes, 19 edges (quick tries, CPU)")
+    ap.add_argument("--graph", default=None, help="KEYFRAMES,EDGES of the global GN benchmark (e.g. 20,40 with --small)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (e.g. 1 for single-threaded CPU timings)")
     ap.add_argument("--check", action="store_true", help="also compare the CUDA results with the PyTorch ones")
     ap.add_argument("--paths", default=None, help="comma list of cuda,torch (default: both on a GPU, torch on the CPU)")
     ap.add_argument("--only", default=None, help="comma list of benchmark name prefixes to run")
@@ -222,6 +225,10 @@ def main(argv=None) -> int:
         H, W, n_kf, n_edges = 96, 128, 10, 19
     else:
         H, W, n_kf, n_edges = 384, 512, 50, 99
+    if args.graph:
+        n_kf, n_edges = (int(x) for x in args.graph.split(","))
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     info = dict(
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -231,6 +238,7 @@ def main(argv=None) -> int:
         image=f"{W}x{H}",
         keyframes=n_kf,
         edges=n_edges,
+        threads=torch.get_num_threads(),
     )
     if "cuda" in paths:
         t0 = time.perf_counter()
@@ -300,7 +308,7 @@ def main(argv=None) -> int:
     # markdown table
     cols = [p for p in paths]
     print()
-    print(f"Kernels on {info['device']} (torch {info['torch']}, {info['image']}), median ms")
+    print(f"Kernels on {info['device']} (torch {info['torch']}, {info['image']}, {info['threads']} threads), median ms")
     print()
     header = "| benchmark | original | " + " | ".join(f"ours ({p})" for p in cols) + " | speed-up (cuda vs original) |" + (" check |" if args.check else "")
     print(header)
