@@ -21,7 +21,7 @@ from its compiled RoPE kernel). Any other name is ``<trunk>[-flag...]``, trunk f
 * ``f32heads``: head weights stored in fp32 (with fp32 heads: no per-call cast);
 * ``cl``: channels-last DPT heads;
 * ``convt``: cuDNN transposed convolutions instead of the matmul + pixel-shuffle form;
-* ``nobench``: cuDNN autotuning off;
+* ``nobench``: cuDNN autotuning off (default: on for half-precision heads, off for fp32 heads);
 * ``interp``: half-precision x2 upsampling by F.interpolate instead of two interpolation matmuls;
 * ``nofuse``: no fused cuDNN conv + bias + ReLU in half-precision heads;
 * ``notriton``: local-feature post-processing in PyTorch ops instead of the fused Triton kernel;
@@ -222,7 +222,7 @@ def make_variant(base, name: str, device: torch.device):
     if "cl" in o["flags"]:
         m.set_channels_last(True)
     m.tf32 = True
-    m.cudnn_benchmark = "nobench" not in o["flags"]
+    m.cudnn_benchmark = False if "nobench" in o["flags"] else None  # None: on for half heads
     graphs = device.type == "cuda" and "eager" not in o["flags"]
     if graphs:
         m.enable_cuda_graphs(True)

@@ -15,7 +15,8 @@ fp16/bf16 with fp32 post-processing), :meth:`set_attention` picks SDPA or explic
 encode and decode per input shape (decode batches split into captured chunk sizes),
 :meth:`enable_compile` wraps the trunk in ``torch.compile``. ``tf32`` (default on) allows TF32
 matmuls/convolutions on the GPU, as the original runs (croco enables it on import);
-``cudnn_benchmark`` (default on) autotunes the head convolutions, both only during the model's calls.
+``cudnn_benchmark`` (default: on for half-precision heads) autotunes the head convolutions, both
+only during the model's calls.
 """
 from __future__ import annotations
 
@@ -92,7 +93,10 @@ class Mast3rModel(nn.Module):
         self.head1 = Mast3rHead(arch)
         self.head2 = Mast3rHead(arch)
         self.tf32 = True
-        self.cudnn_benchmark = True  # cuDNN autotuning of the head convolutions (GPU; per new shape)
+        # cuDNN autotuning of the head convolutions (GPU; once per new shape). None = on for half-precision
+        # heads only: with fp32 heads the trials of large-workspace algorithms raised the peak GPU memory
+        # of a batch-8 decode to ~40 GB on an H100 (half heads: < 6 GB)
+        self.cudnn_benchmark: bool | None = None
         self.graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8)  # decode batches captured as CUDA graphs
         self._encode_fn = self._encode_impl
         self._decode_fn = self._decode_impl
@@ -118,6 +122,11 @@ class Mast3rModel(nn.Module):
         out = super()._apply(fn, *args, **kwargs)
         self.decoder._ensure_stacked()
         return out
+
+    def _cudnn_benchmark(self) -> bool:
+        if self.cudnn_benchmark is None:
+            return self.head_dtype != torch.float32
+        return bool(self.cudnn_benchmark)
 
     @property
     def head_dtype(self) -> torch.dtype:
@@ -225,7 +234,7 @@ class Mast3rModel(nn.Module):
         """img [B, 3, H, W] normalised to [-1, 1] -> (feat [B, N, C_enc] fp32, pos [B, N, 2] int64)."""
         self._check_img(img)
         img = img.to(self.device, torch.float32)
-        with _backend_flags(self.tf32, self.cudnn_benchmark):
+        with _backend_flags(self.tf32, self._cudnn_benchmark()):
             if self._enc_graphs is not None:
                 return self._enc_graphs(tuple(img.shape), img)
             return self._encode_fn(img)
@@ -258,7 +267,7 @@ class Mast3rModel(nn.Module):
         dev = self.device
         feat1, feat2 = feat1.to(dev, torch.float32), feat2.to(dev, torch.float32)
         pos1, pos2 = pos1.to(dev), pos2.to(dev)
-        with _backend_flags(self.tf32, self.cudnn_benchmark):
+        with _backend_flags(self.tf32, self._cudnn_benchmark()):
             if self._dec_graphs is not None and not return_tokens:
                 return self._decode_graphed(feat1, pos1, feat2, pos2, shape1, shape2)
             return self._decode_fn(feat1, pos1, feat2, pos2, shape1, shape2, return_tokens)
