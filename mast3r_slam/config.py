@@ -109,7 +109,8 @@ class RelocConfig:
 class NetworkConfig:
     """How the MASt3R network runs (ours; the original always ran fp32)."""
 
-    precision: str = "fp16"  # trunk precision on CUDA: fp32, fp16 or bf16 (heads always fp32; CPU always fp32)
+    precision: str = "fp16"  # trunk precision on CUDA: fp32, fp16 or bf16 (CPU always fp32)
+    head_precision: str = "fp16"  # heads on CUDA: fp32 (the original), fp16 or bf16; post-processing always fp32
     cuda_graphs: bool = True  # capture encode / pair decode in CUDA graphs (fixed shapes)
 
 
@@ -234,8 +235,9 @@ def _validate(cls, data: Any, origin: str, prefix: str = "") -> None:
         raise ConfigError(f"{origin}: 'dataset.img_downsample' must be 1 (the original's downsampling was inconsistent and is not supported)")
     if cls is DatasetConfig and "img_size" in data and (data["img_size"] < 32 or data["img_size"] % 16):
         raise ConfigError(f"{origin}: 'dataset.img_size' must be a multiple of 16 and at least 32, got {data['img_size']!r}")
-    if cls is NetworkConfig and "precision" in data and data["precision"] not in ("fp32", "fp16", "bf16"):
-        raise ConfigError(f"{origin}: 'network.precision' must be fp32, fp16 or bf16, got {data['precision']!r}")
+    for key in ("precision", "head_precision"):
+        if cls is NetworkConfig and key in data and data[key] not in ("fp32", "fp16", "bf16"):
+            raise ConfigError(f"{origin}: 'network.{key}' must be fp32, fp16 or bf16, got {data[key]!r}")
     if cls is TrackingConfig and "filtering_score" in data and data["filtering_score"] not in ("median", "mean"):
         raise ConfigError(f"{origin}: 'tracking.filtering_score' must be median or mean, got {data['filtering_score']!r}")
 

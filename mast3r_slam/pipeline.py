@@ -49,7 +49,10 @@ def make_prior(kind: str, dataset, cfg: Config, device: torch.device, checkpoint
 
     dtypes = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
     dtype = dtypes[cfg.network.precision] if device.type == "cuda" else None
-    return make_mast3r_prior(checkpoint_dir, device, dtype=dtype, cuda_graphs=device.type == "cuda" and cfg.network.cuda_graphs)
+    head_dtype = cfg.network.head_precision if device.type == "cuda" else None
+    return make_mast3r_prior(
+        checkpoint_dir, device, dtype=dtype, head_dtype=head_dtype, cuda_graphs=device.type == "cuda" and cfg.network.cuda_graphs
+    )
 
 
 def default_output(dataset) -> Path:
