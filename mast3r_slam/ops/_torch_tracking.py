@@ -7,10 +7,15 @@ square-root information ``s`` (zero where the pixel is not used), per-row Huber 
 by Cholesky and retracts ``T <- Exp(xi) T``; the original stops after the iteration in which
 ``|old - new| / old < rel_error`` or ``||xi|| < delta_norm`` (cost = 0.5 b^T b before the step).
 
-Without host synchronisation the loop runs a fixed number of iterations and freezes the pose
-once converged (or once a factorisation failed) through ``torch.where`` masks; the results are
-those of the early-stopping loop. ``sync_every`` optionally checks on the host every k iterations
-whether everything has stopped, to skip the remaining (masked) iterations.
+On a GPU the loop runs without host synchronisation: a fixed number of iterations that freeze
+the pose once converged (or once a factorisation failed) through ``torch.where`` masks; the
+results are those of the early-stopping loop. ``sync_every`` optionally checks on the host every k
+iterations whether everything has stopped, to skip the remaining (masked) iterations. On the CPU,
+where a sync costs nothing, the loop tests on the host and stops at once (same results).
+
+The normal equations of an iteration come from :class:`NormalEquations` (planar rows and blocked
+sums, see ``_torch_rows``); ``linearize_*`` + :func:`irls_normal_equations` are the straightforward
+per-pixel reference (tested equal).
 """
 from __future__ import annotations
 
