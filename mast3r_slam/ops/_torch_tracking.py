@@ -104,15 +104,15 @@ class NormalEquations:
     """``T -> (H [7, 7], g [7], cost [])`` (float64) of the tracking IRLS, equal (up to rounding)
     to ``irls_normal_equations(*linearize_*(T, ...), huber)``.
 
-    Built once per solve: the used pixels (sqrt_w > 0; all pixels on a GPU, where unused ones get
-    weight 0 and sanitised points) are laid out in blocks of planes, so that every iteration is the
+    Built once per solve: the used pixels (sqrt_w > 0; with ``compact=False``, the default on a GPU,
+    all pixels, unused ones with weight 0 and sanitised points) are laid out in blocks of planes, so that every iteration is the
     transform ``P = s R X_f + t`` (one addmm), the row fill and one batched matmul per row group
     (float32 partial sums over blocks added in float64 for float32 inputs; float64 otherwise).
     """
 
     def __init__(self, variant: str, X_f: Tensor, sqrt_w: Tensor, huber: float, *, X_k=None, sigma_ray=None, sigma_dist=None,
                  meas_k=None, valid_meas_k=None, K=None, height=None, width=None, sigma_pixel=None, sigma_depth=None,
-                 pixel_border=None, depth_eps=None):
+                 pixel_border=None, depth_eps=None, compact: bool | None = None):
         self.variant = variant
         self.huber = huber
         dev = X_f.device
@@ -123,7 +123,9 @@ class NormalEquations:
         if variant == "calib":
             use = use & valid_meas_k[:, 0]
         b = _rows.BLOCK
-        if dev.type == "cpu":  # only the used pixels (one host sync, free on the CPU)
+        if compact is None:
+            compact = dev.type == "cpu"
+        if compact:  # only the used pixels (one host sync, free on the CPU)
             sel = use.nonzero()[:, 0]
             n = int(sel.numel())
         else:  # all pixels, unused ones with weight 0 (no host sync)

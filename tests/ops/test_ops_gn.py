@@ -211,3 +211,14 @@ def test_cuda_gn_synthetic_and_stop_rule(variant, monkeypatch):
     for thresh in (1e-8, 1e3):
         assert (out["cuda", thresh][0] - out["torch", thresh][0]).abs().max().item() < 1e-4
         assert (out["cuda", thresh][1] - out["torch", thresh][1]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("variant", ["rays", "calib"])
+def test_gn_chunking_does_not_change_results(golden_gn, variant, monkeypatch):
+    """Many small chunks (with a partial last one) give the sums of one chunk (blocks are the same)."""
+    from mast3r_slam.ops import _torch_rows
+
+    Twc_one, dx_one = _run(golden_gn, variant, 3)
+    monkeypatch.setattr(_torch_rows, "CHUNK_PIXELS_CPU", 3 * _torch_rows.BLOCK)
+    Twc_many, dx_many = _run(golden_gn, variant, 3)
+    assert (Twc_one - Twc_many).abs().max().item() < 1e-6 and (dx_one - dx_many).abs().max().item() < 1e-6

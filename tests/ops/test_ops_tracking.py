@@ -104,34 +104,43 @@ def test_huber_weight_values():
     torch.testing.assert_close(huber_weight(e, 1.345), torch.tensor([1.0, 1.0, 1.0, 0.5, 0.1]))
 
 
-def _normal_equations(variant, X_f, X_k, sqrt_w, dtype=None):
+def _normal_equations(variant, X_f, X_k, sqrt_w, compact=None):
     meas, vmeas = ops.calib_measurements(X_k, H, W, 1e-6)
     if variant == "rays":
-        return tt.NormalEquations("rays", X_f, sqrt_w, 1.345, X_k=X_k, sigma_ray=0.003, sigma_dist=10.0)
+        return tt.NormalEquations("rays", X_f, sqrt_w, 1.345, X_k=X_k, sigma_ray=0.003, sigma_dist=10.0, compact=compact)
     return tt.NormalEquations("calib", X_f, sqrt_w, 1.345, meas_k=meas, valid_meas_k=vmeas, K=K.to(X_f), height=H, width=W,
-                              sigma_pixel=1.0, sigma_depth=10.0, pixel_border=-10, depth_eps=1e-6)
+                              sigma_pixel=1.0, sigma_depth=10.0, pixel_border=-10, depth_eps=1e-6, compact=compact)
 
 
 @pytest.mark.parametrize("variant", ["rays", "calib"])
 def test_planar_normal_equations_match_reference(variant):
     """The solver's normal equations (planar rows, blocked sums) equal those of the straightforward
     linearisation (r, J, s per pixel) + irls_normal_equations: in float64 to rounding, in float32
-    within the accuracy of float32 residuals."""
+    within the accuracy of float32 residuals; with the used pixels only (compact, the CPU default)
+    and with all pixels (the GPU layout), also when unused pixels hold NaN or zero points."""
     T_true, X_f, X_k, sqrt_w = _problem(6, noise=0.003, outliers=0.1, dtype=torch.float64)
     T = Sim3.retr(T_true, torch.tensor([0.01, -0.02, 0.01, 0.02, -0.01, 0.01, 0.03], dtype=torch.float64))
     meas, vmeas = ops.calib_measurements(X_k, H, W, 1e-6)
-    if variant == "rays":
-        ref = tt.irls_normal_equations(*tt.linearize_rays(T, X_f, X_k, sqrt_w, 0.003, 10.0), 1.345)
-    else:
-        ref = tt.irls_normal_equations(*tt.linearize_calib(T, X_f, meas, vmeas, sqrt_w, K.double(), H, W, 1.0, 10.0, -10, 1e-6),
-                                       1.345)
-    for dtype, rtol in ((torch.float64, 1e-10), (torch.float32, 2e-4)):
-        ne = _normal_equations(variant, X_f.to(dtype), X_k.to(dtype), sqrt_w.to(dtype))
-        out = ne(T.to(dtype))
-        for a, b in zip(out, ref):
-            assert a.dtype == torch.float64
-            scale = b.abs().max()
-            assert (a - b).abs().max() <= rtol * scale, (dtype, (a - b).abs().max() / scale)
+    X_f_bad = X_f.clone()
+    X_f_bad[sqrt_w[:, 0] == 0] = float("nan")
+    X_f_bad[:3] = 0.0
+    sqrt_w_bad = sqrt_w.clone()
+    sqrt_w_bad[:3] = 0.0
+    for xf, sw in ((X_f, sqrt_w), (X_f_bad, sqrt_w_bad)):
+        if variant == "rays":
+            ref = tt.irls_normal_equations(*tt.linearize_rays(T, xf, X_k, sw, 0.003, 10.0), 1.345)
+        else:
+            ref = tt.irls_normal_equations(*tt.linearize_calib(T, xf, meas, vmeas, sw, K.double(), H, W, 1.0, 10.0, -10, 1e-6),
+                                           1.345)
+        assert all(torch.isfinite(r).all() for r in ref)
+        for dtype, rtol in ((torch.float64, 1e-10), (torch.float32, 2e-4)):
+            for compact in (True, False):
+                ne = _normal_equations(variant, xf.to(dtype), X_k.to(dtype), sw.to(dtype), compact=compact)
+                out = ne(T.to(dtype))
+                for a, b in zip(out, ref):
+                    assert a.dtype == torch.float64
+                    scale = b.abs().max()
+                    assert (a - b).abs().max() <= rtol * scale, (dtype, compact, (a - b).abs().max() / scale)
 
 
 def _reference_loop(normal_eqs, T, max_iters, rel_error, delta_norm):
