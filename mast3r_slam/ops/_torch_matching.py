@@ -59,7 +59,8 @@ def _iter_proj(
     at the proposed position, so that after accepting or rejecting it the next iteration needs no
     new interpolation at the current position (the original re-interpolates it: same values).
     Accept/reject are exact 0/1 blends instead of ``torch.where`` (several times slower on the
-    CPU); proposals are made finite first so that a rejected NaN cannot leak into the blend.
+    CPU); proposals are made finite first so that a rejected NaN cannot leak into the blend. A NaN
+    position (from NaN rays) is clamped to 1, as ``fminf(fmaxf(x, 1), hi)`` in the CUDA kernel.
     """
     B, H, W, _ = rays_with_grad.shape
     N = target_rays.shape[1]
@@ -70,7 +71,8 @@ def _iter_proj(
     corners = torch.tensor([W + 1, W, 1, 0], device=dev)
     lo = torch.tensor([[1.0], [1.0]], device=dev)
     hi = torch.tensor([[W - 2.0], [H - 2.0]], device=dev)
-    uv = torch.clamp(p_init.reshape(B * N, 2).t(), lo, hi)  # [2, BN]
+    # NaN -> 1 before clamping: what fminf(fmaxf(x, lo), hi) does in the CUDA kernel (lower bounds are 1)
+    uv = torch.clamp(torch.nan_to_num(p_init.reshape(B * N, 2).t(), nan=1.0), lo, hi)  # [2, BN]
     lam = torch.full((B * N,), lambda_init, dtype=uv.dtype, device=dev)
     if max_iter <= 0:
         return uv.t().reshape(B, N, 2), torch.zeros(B, N, dtype=torch.bool, device=dev)
@@ -87,14 +89,14 @@ def _iter_proj(
         b1 = -eg[1]
         det_inv = 1.0 / (A00 * A11 - A01 * A01)
         step = torch.stack([A11 * b0 - A01 * b1, -A01 * b0 + A00 * b1]) * det_inv
-        uv_new = torch.clamp(uv + step, lo, hi)
+        uv_new = torch.clamp(torch.nan_to_num_(uv + step, nan=1.0), lo, hi)
         s_new = _bilinear_planar(planes, uv_new, base, W, corners)
         err_new, cost_new = _ray_cost_planar(s_new, target)
         accept_b = cost_new < cost
         accept = accept_b.to(uv.dtype)
         keep = 1.0 - accept
         # exact 0/1 blends: x * 1 + y * 0 = x for finite y
-        uv = torch.nan_to_num_(uv_new, 0.0, 0.0, 0.0).mul_(accept).addcmul_(uv, keep)
+        uv = uv_new.mul_(accept).addcmul_(uv, keep)
         s = torch.nan_to_num_(s_new, 0.0, 0.0, 0.0).mul_(accept).addcmul_(s, keep)
         err = torch.nan_to_num_(err_new, 0.0, 0.0, 0.0).mul_(accept).addcmul_(err, keep)
         last_cost, last_new_cost = cost, cost_new
