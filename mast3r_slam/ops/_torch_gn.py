@@ -172,7 +172,8 @@ class _Graph:
             sq = sq * meas_ok
             inv_sigma = [1.0 / params["sigma_pixel"]] * 2 + [1.0 / params["sigma_depth"]]
             Kw = params["K"].double()
-            self.K = (float(Kw[0, 0]), float(Kw[1, 1]), float(Kw[0, 2]), float(Kw[1, 2]))
+            K4 = (float(Kw[0, 0]), float(Kw[1, 1]), float(Kw[0, 2]), float(Kw[1, 2]))
+            self.calib_consts = _rows.calib_constants(K4, height, width, params["pixel_border"], self.work, dev)
         else:
             self.X_m = Xi
             inv_sigma = [1.0 / params["sigma_point"]] * 3
@@ -206,8 +207,8 @@ class _Graph:
             if self.variant == "rays":
                 _rows.fill_rays(bufs, P, self.ray_m[:, sl], self.n_m[sl], self.s[:, sl], huber)
             elif self.variant == "calib":
-                _rows.fill_calib(bufs, P, self.uv_m[:, sl], self.logz_m[sl], self.s[:, sl], self.K, params["height"],
-                                 params["width"], params["pixel_border"], params["z_eps"], huber)
+                _rows.fill_calib(bufs, P, self.uv_m[:, sl], self.logz_m[sl], self.s[:, sl], self.calib_consts,
+                                 params["pixel_border"], params["z_eps"], huber)
             else:
                 _rows.fill_points(bufs, P, self.X_m[:, sl], self.s[:, sl], huber)
             edges = self.block_edge[sl]

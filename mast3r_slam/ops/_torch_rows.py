@@ -136,6 +136,7 @@ class _Views:
             self.blocks = blocks
             self.Bz = Bz
             self.err = torch.empty(3, nb, b, **opts)
+            self.Az = torch.empty(2, nb, b, **opts)
         else:
             (Bp,) = bufs
             self.blocks = Bp.unflatten(-1, (3, b)).permute(2, 1, 0, 3)  # [row 3, col 8, nb, b]
@@ -178,25 +179,32 @@ def fill_rays(v: _Views, P: Tensor, ray_m: Tensor, n_m: Tensor, s: Tensor, huber
     torch.mul(swd, err[3], out=v.dist_err)
 
 
+def calib_constants(K: tuple, height: int, width: int, pixel_border: float, dtype, device) -> tuple[Tensor, Tensor, Tensor]:
+    """(f, c, upper) [2, 1, 1] tensors of ``fill_calib``: (fx, fy), (cx, cy), (W-1-pb, H-1-pb)."""
+    fx, fy, cx, cy = K
+    def t(a, b):
+        return torch.tensor([a, b], dtype=dtype, device=device)[:, None, None]
+    return t(fx, fy), t(cx, cy), t(width - 1 - pixel_border, height - 1 - pixel_border)
+
+
 def fill_calib(
-    v: _Views, P: Tensor, uv_m: Tensor, logz_m: Tensor, s: Tensor, K: tuple, height: int, width: int,
-    pixel_border: float, z_eps: float, huber: float,
+    v: _Views, P: Tensor, uv_m: Tensor, logz_m: Tensor, s: Tensor, consts: tuple, pixel_border: float, z_eps: float,
+    huber: float,
 ) -> None:
     """Pixel + log depth. uv_m [2, nb, b] measured pixels, logz_m [nb, b] measured log depth,
-    s [3, nb, b] square-root information (zero where the measured depth is invalid), K =
-    (fx, fy, cx, cy). Rows are dropped (s = 0) unless z > z_eps and the projection lies strictly
-    inside the border (see ``_torch_gn.calib_residual``)."""
-    fx, fy, cx, cy = K
+    s [3, nb, b] square-root information (zero where the measured depth is invalid), consts from
+    :func:`calib_constants`. Rows are dropped (s = 0) unless z > z_eps and the projection lies
+    strictly inside the border (see ``_torch_gn.calib_residual``)."""
+    f, c, upper = consts
     z = P[2]
     zc = torch.clamp(z, min=max(z_eps, _TINY))
     zinv = torch.reciprocal(zc)
     xy = P[:2] * zinv  # (x/z, y/z)
+    nxy = torch.neg(xy)
     xz, yz = xy
-    f = xy.new_tensor([fx, fy])[:, None, None]
-    uv = torch.addcmul(xy.new_tensor([cx, cy])[:, None, None], xy, f)
+    uv = torch.addcmul(c, xy, f)
     # inside: z > z_eps and pb < u < W-1-pb and pb < v < H-1-pb (x > y <=> x - y > 0 in IEEE arithmetic)
-    lim = xy.new_tensor([width - 1 - pixel_border, height - 1 - pixel_border])[:, None, None]
-    m = torch.minimum(uv - pixel_border, lim - uv)
+    m = torch.minimum(uv - pixel_border, upper - uv)
     m = torch.minimum(m[0], m[1])
     torch.minimum(m, z - z_eps, out=m)
     inside = (m > 0).to(P.dtype)
@@ -206,24 +214,24 @@ def fill_calib(
     sw = sqrt_huber_weights(s * inside, err, huber)
     Bl = v.blocks  # [2, 7, nb, b]: rows u, v; columns 0..5 and err
     AB = sw[:2] * f  # sw_u fx, sw_v fy
-    Az = torch.mul(AB, zinv)
+    Az = torch.mul(AB, zinv, out=v.Az)  # [2, nb, b]
     Bl[0, 0].copy_(Az[0])
     Bl[1, 1].copy_(Az[1])
-    torch.mul(Az, xy, out=Bl[:, 2]).neg_()  # -f (x/z or y/z) / z
+    torch.mul(Az, nxy, out=Bl[:, 2])  # -f (x/z or y/z) / z
     xzyz = xz * yz
     q = torch.mul(xy, xy).add_(1.0)  # 1 + (x/z)^2, 1 + (y/z)^2
-    torch.mul(AB[0], xzyz, out=Bl[0, 3]).neg_()
+    torch.mul(AB[0], xz, out=Bl[0, 3]).mul_(nxy[1])  # -fx xz yz
     torch.mul(AB[1], q[1], out=Bl[1, 3]).neg_()
     torch.mul(AB[0], q[0], out=Bl[0, 4])
     torch.mul(AB[1], xzyz, out=Bl[1, 4])
-    torch.mul(AB[0], yz, out=Bl[0, 5]).neg_()
+    torch.mul(AB[0], nxy[1], out=Bl[0, 5])
     torch.mul(AB[1], xz, out=Bl[1, 5])
     torch.mul(sw[:2], err[:2], out=Bl[:, 6])
     Bz = v.Bz  # log-depth row: columns 2, 3, 4, 6 and err
     swz = sw[2]
     torch.mul(swz, zinv, out=Bz[:, 0])
     torch.mul(swz, yz, out=Bz[:, 1])
-    torch.mul(swz, xz, out=Bz[:, 2]).neg_()
+    torch.mul(swz, nxy[0], out=Bz[:, 2])
     Bz[:, 3].copy_(swz)
     torch.mul(swz, err[2], out=Bz[:, 4])
 

@@ -158,9 +158,9 @@ class NormalEquations:
             self.uv_m = m[:2].contiguous()
             self.logz_m = m[2].contiguous()
             Kd = K.double()
-            self.K = (float(Kd[0, 0]), float(Kd[1, 1]), float(Kd[0, 2]), float(Kd[1, 2]))
-            self.height, self.width = height, width
+            K4 = (float(Kd[0, 0]), float(Kd[1, 1]), float(Kd[0, 2]), float(Kd[1, 2]))
             self.pixel_border, self.depth_eps = float(pixel_border), float(depth_eps)
+            self.calib_consts = _rows.calib_constants(K4, height, width, self.pixel_border, self.work, dev)
             inv_sigma = [1.0 / sigma_pixel] * 2 + [1.0 / sigma_depth]
         self.s = ws * torch.tensor(inv_sigma, dtype=self.work, device=dev)[:, None, None]
         self.bufs = _rows.RowBuffers(variant, self.NB, b, self.work, dev)
@@ -179,8 +179,8 @@ class NormalEquations:
         if self.variant == "rays":
             _rows.fill_rays(bufs, P, self.ray_m, self.n_m, self.s, self.huber)
         else:
-            _rows.fill_calib(bufs, P, self.uv_m, self.logz_m, self.s, self.K, self.height, self.width, self.pixel_border,
-                             self.depth_eps, self.huber)
+            _rows.fill_calib(bufs, P, self.uv_m, self.logz_m, self.s, self.calib_consts, self.pixel_border, self.depth_eps,
+                             self.huber)
         sums = [S.double().sum(0, keepdim=True) for S in _rows.group_block_sums(bufs)]
         return _rows.scatter_sums(self.variant, sums)[0]
 
