@@ -181,7 +181,7 @@ class NormalEquations:
         else:
             _rows.fill_calib(bufs, P, self.uv_m, self.logz_m, self.s, self.calib_consts, self.pixel_border, self.depth_eps,
                              self.huber)
-        sums = [S.double().sum(0, keepdim=True) for S in _rows.group_block_sums(bufs)]
+        sums = [torch.sum(S, 0, keepdim=True, dtype=torch.float64) for S in _rows.group_block_sums(bufs)]
         return _rows.scatter_sums(self.variant, sums)[0]
 
     def __call__(self, T: Tensor) -> tuple[Tensor, Tensor, Tensor]:
