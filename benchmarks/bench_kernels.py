@@ -2,7 +2,8 @@
 
 Benchmarks (synthetic inputs, network resolution 512 x 384 unless --small):
   * matching, one pair and six pairs batched (projective iterations + distance check + refinement);
-  * global Gauss-Newton, 50 keyframes, 99 edge rows, 10 iterations, rays and calibrated;
+  * global Gauss-Newton, 50 keyframes, 99 edge rows, 10 iterations, rays and calibrated, with
+    integer and with sub-pixel matches (p_ii2jj);
   * tracking IRLS at its iteration cap (50 iterations, convergence tests disabled) and with the
     default tolerances (early stop), rays and calibrated.
 
@@ -106,10 +107,12 @@ def make_graph_problem(n_kf: int, n_edges: int, H: int, W: int, device, seed: in
     v = uv[..., 1].round().long()
     inside = (u >= 0) & (u < W) & (v >= 0) & (v < H) & (P[..., 2] > 0)
     idx = torch.where(inside, v * W + u, torch.zeros_like(u))
+    p = torch.where(inside[..., None], uv, torch.zeros_like(uv)).contiguous()  # exact sub-pixel matches
     valid = (inside & (torch.rand(inside.shape, generator=gen).to(device) > 0.1))[..., None]
     Q = 1.0 + 3.0 * torch.rand(len(pairs), HW, 1, generator=gen).to(device)
     T_init = torch.cat([T_true[:1], torch.stack([Sim3.mul(_small_motion(gen, 0.02, device), T_true[k]) for k in range(1, n_kf)])])
-    return dict(Twc=T_init.contiguous(), Xs=Xs, Cs=Cs, K=K, ii=ii, jj=jj, idx=idx.contiguous(), valid=valid.contiguous(), Q=Q, H=H, W=W)
+    return dict(Twc=T_init.contiguous(), Xs=Xs, Cs=Cs, K=K, ii=ii, jj=jj, idx=idx.contiguous(), valid=valid.contiguous(), Q=Q, H=H, W=W,
+                p=p)
 
 
 def make_tracking_problem(H: int, W: int, device, seed: int = 0):
@@ -135,14 +138,15 @@ def run_matching(prob):
     return matching.match(X11, X21, D11, D21, **MATCH_CFG)
 
 
-def run_gn(prob, variant: str, iters: int = 10):
+def run_gn(prob, variant: str, iters: int = 10, subpixel: bool = False):
     Twc = prob["Twc"].clone()
+    p = prob["p"] if subpixel else None
     if variant == "rays":
         dx = ops.gauss_newton_rays(Twc, prob["Xs"], prob["Cs"], prob["ii"], prob["jj"], prob["idx"], prob["valid"], prob["Q"],
-                                   0.003, 10.0, 0.0, 1.5, iters, 1e-8)
+                                   0.003, 10.0, 0.0, 1.5, iters, 1e-8, p_ii2jj=p, width=prob["W"])
     else:
         dx = ops.gauss_newton_calib(Twc, prob["Xs"], prob["Cs"], prob["K"], prob["ii"], prob["jj"], prob["idx"], prob["valid"],
-                                    prob["Q"], prob["H"], prob["W"], -10, 1e-6, 1.0, 10.0, 0.0, 1.5, iters, 1e-8)
+                                    prob["Q"], prob["H"], prob["W"], -10, 1e-6, 1.0, 10.0, 0.0, 1.5, iters, 1e-8, p_ii2jj=p)
     return Twc, dx
 
 
@@ -258,6 +262,8 @@ def main(argv=None) -> int:
         tag = f"{n_kf}kf_{n_edges}e_10it"
         benches[f"gn_rays_{tag}"] = (graph, lambda p: run_gn(p, "rays"))
         benches[f"gn_calib_{tag}"] = (graph, lambda p: run_gn(p, "calib"))
+        benches[f"gn_rays_subpixel_{tag}"] = (graph, lambda p: run_gn(p, "rays", subpixel=True))
+        benches[f"gn_calib_subpixel_{tag}"] = (graph, lambda p: run_gn(p, "calib", subpixel=True))
     except Exception as e:  # noqa: BLE001
         print(f"graph problem: FAILED {e!r}", file=sys.stderr)
     try:
