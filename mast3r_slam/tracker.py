@@ -21,7 +21,7 @@ from .frame import Frame
 from .fusion import make_fusion
 from .geometry import constrain_points_to_ray, pixel_grid
 from .lie import Sim3
-from .matching import make_matcher, subpixel_positions, sample_pointmap
+from .matching import make_matcher, sample_pointmap, subpixel_positions
 from .priors.base import Prior
 from .timing import timed
 

@@ -59,9 +59,17 @@ class OracleErrorModel:
 
     # --- geometry ---------------------------------------------------------------------------
     scale_sigma: float = 0.03  # log-normal std of each decode's metric scale (~3 %)
-    rot_sigma_deg: float = 0.5  # RMS rotation error of the relative pose used for X_ji
-    trans_sigma: float = 0.01  # RMS translation error of that pose, fraction of view 1's median depth
-    depth_smooth_sigma: float = 0.015  # smooth multiplicative depth error (std)
+    # The relative pose used for X_ji is perturbed by an error that grows with the pair's baseline
+    # (a network's cross-view prediction is accurate for nearby views and degrades for wide ones):
+    rot_sigma_deg: float = 0.15  # RMS rotation error floor (degrees)
+    rot_rel: float = 0.01  # + this fraction of the pair's relative rotation angle
+    rot_per_baseline_deg: float = 0.5  # + this many degrees per unit baseline / median depth
+    trans_sigma: float = 0.003  # RMS translation error floor, fraction of view 1's median depth
+    trans_rel: float = 0.02  # + this fraction of the baseline length
+    depth_world_sigma: float = 0.02  # smooth multiplicative depth error attached to the scene (std): nearby
+    #                                  views of the same surface get the same shape error, as a network's do
+    depth_world_wavelength: float = 1.5  # its typical wavelength in metres
+    depth_smooth_sigma: float = 0.005  # smooth multiplicative depth error of each frame on its own (std)
     depth_smooth_cells: float = 5.0  # its correlation length: about image width / cells
     depth_pixel_sigma: float = 0.003  # per-pixel multiplicative depth noise (std)
     focal_sigma: float = 0.01  # relative error of each frame's implied focal length
@@ -93,7 +101,11 @@ class OracleErrorModel:
         return cls(
             scale_sigma=0.0,
             rot_sigma_deg=0.0,
+            rot_rel=0.0,
+            rot_per_baseline_deg=0.0,
             trans_sigma=0.0,
+            trans_rel=0.0,
+            depth_world_sigma=0.0,
             depth_smooth_sigma=0.0,
             depth_pixel_sigma=0.0,
             focal_sigma=0.0,
@@ -103,8 +115,9 @@ class OracleErrorModel:
 
     def summary(self) -> str:
         return (
-            f"scale {100 * self.scale_sigma:.1f}%, rot {self.rot_sigma_deg:.2f} deg, trans {100 * self.trans_sigma:.1f}% "
-            f"of depth, depth {100 * self.depth_smooth_sigma:.1f}% smooth + {100 * self.depth_pixel_sigma:.1f}% pixel"
+            f"scale {100 * self.scale_sigma:.1f}%, rot {self.rot_sigma_deg:.2f} deg + {100 * self.rot_rel:.0f}% of the angle "
+            f"+ {self.rot_per_baseline_deg:.1f} deg per baseline/depth, trans {100 * self.trans_sigma:.1f}% of depth "
+            f"+ {100 * self.trans_rel:.0f}% of the baseline, depth {100 * self.depth_world_sigma:.1f}% scene-anchored + {100 * self.depth_smooth_sigma:.1f}% smooth + {100 * self.depth_pixel_sigma:.1f}% pixel"
         )
 
 
@@ -150,6 +163,17 @@ def _smooth_noise(rng: np.random.Generator, H: int, W: int, cells: float) -> np.
     grid = rng.standard_normal((gh, gw)).astype(np.float32)
     f = cv2.resize(grid, (W, H), interpolation=cv2.INTER_CUBIC)
     return (f - f.mean()) / (f.std() + 1e-6)
+
+
+def _world_noise(seed: int, P: np.ndarray, wavelength: float, n_waves: int = 8) -> np.ndarray:
+    """Smooth unit-variance noise over 3D world points [N, 3]: a sum of random plane waves
+    (directions, wavelengths around ``wavelength``, phases from ``seed`` only)."""
+    r = np.random.default_rng([int(seed), 0x3D0A15E])
+    d = r.standard_normal((n_waves, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    k = 2 * np.pi / (wavelength * np.exp(0.4 * r.standard_normal(n_waves)))
+    phase = r.uniform(0, 2 * np.pi, n_waves)
+    return (np.sqrt(2.0 / n_waves) * np.cos(P @ (d * k[:, None]).T + phase)).sum(1).astype(np.float32)
 
 
 def _push_pull_fill(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -366,10 +390,12 @@ class OraclePrior(Prior):
             lzp = np.where(near, blurred, lz)
         noise_s = _smooth_noise(rng, H, W, em.depth_smooth_cells)
         noise_p = rng.standard_normal((H, W)).astype(np.float32)
-        zp = np.exp(lzp + em.depth_smooth_sigma * noise_s + em.depth_pixel_sigma * noise_p)
-        focal = 1.0 + em.focal_sigma * float(rng.standard_normal())
         xn, yn = (u - cx) / fx, (v - cy) / fy
         X_true = np.stack([xn * zf, yn * zf, zf], -1).reshape(-1, 3)
+        T = pose7_to_matrix(s.T_WC_gt)
+        noise_w = _world_noise(self.seed, X_true @ T[:3, :3].T + T[:3, 3], em.depth_world_wavelength).reshape(H, W)
+        zp = np.exp(lzp + em.depth_world_sigma * noise_w + em.depth_smooth_sigma * noise_s + em.depth_pixel_sigma * noise_p)
+        focal = 1.0 + em.focal_sigma * float(rng.standard_normal())
         X_pred = np.stack([xn * zp / focal, yn * zp / focal, zp], -1).reshape(-1, 3)
         # confidences
         field = _smooth_noise(rng, H, W, 3.0)
@@ -387,7 +413,6 @@ class OraclePrior(Prior):
             amb = feats.descriptor_ambiguity(D).cpu().numpy()
             q = q * np.clip((1 - amb) / (1 - em.desc_conf_ambiguity), 0.05, 1.0)
         occ_noise = _smooth_noise(rng, H, W, 4.0)
-        T = pose7_to_matrix(s.T_WC_gt)
         dev = self.device
         return _FrameData(
             H=H,
@@ -471,9 +496,15 @@ class OraclePrior(Prior):
         n = torch.from_numpy(feats.hash_normal(ids, 7)).to(dev)  # [B, 7] float64
         scale = torch.exp(em.scale_sigma * n[:, 0]).float()
         med = torch.tensor([d.median_depth for d in f1], dtype=torch.float64, device=dev)
-        rot = math.radians(em.rot_sigma_deg) / math.sqrt(3) * n[:, 1:4] * gain.double()[:, None]
-        dt = (em.trans_sigma / math.sqrt(3)) * n[:, 4:7] * (med * gain.double())[:, None]
-        dR = _so3_exp(rot).float() if em.rot_sigma_deg > 0 else torch.eye(3, device=dev).expand(B, 3, 3)
+        baseline = T12[:, :3, 3].norm(dim=-1)  # float64
+        cos_a = ((T12[:, 0, 0] + T12[:, 1, 1] + T12[:, 2, 2] - 1) / 2).clamp(-1, 1)
+        angle_deg = torch.rad2deg(torch.arccos(cos_a))
+        rot_deg = em.rot_sigma_deg + em.rot_rel * angle_deg + em.rot_per_baseline_deg * baseline / med.clamp_min(1e-6)
+        trans = em.trans_sigma * med + em.trans_rel * baseline
+        rot = torch.deg2rad(rot_deg)[:, None] / math.sqrt(3) * n[:, 1:4] * gain.double()[:, None]
+        dt = n[:, 4:7] / math.sqrt(3) * (trans * gain.double())[:, None]
+        has_rot = em.rot_sigma_deg > 0 or em.rot_rel > 0 or em.rot_per_baseline_deg > 0
+        dR = _so3_exp(rot).float() if has_rot else torch.eye(3, device=dev).expand(B, 3, 3)
         Rp = dR @ R12
         tp = (dR @ t12[..., None])[..., 0] + dt.float()
 

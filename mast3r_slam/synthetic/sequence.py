@@ -45,7 +45,7 @@ FPS = 30.0
 DEPTH_SCALE = 5000.0
 DEFAULT_SIZE = (320, 240)
 NAMES = tuple(traj.TRAJECTORIES)
-SPEC_HELP = "synthetic:<loop|fast_turn|lost|dynamic>[:<W>x<H>][:<frames>][:seed=<n>]"
+SPEC_HELP = "synthetic:<loop|fast_turn|lost|dynamic>[:<W>x<H>][:<frames>][:seed=<n>][:laps=<n>]"
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class SequenceSpec:
     height: int = DEFAULT_SIZE[1]
     frames: int = 0  # 0: the name's default
     seed: int = 0
+    laps: int = 1  # loop / dynamic: times round the loop
 
     def __post_init__(self):
         if self.frames == 0:
@@ -63,11 +64,12 @@ class SequenceSpec:
     @property
     def folder_name(self) -> str:
         s = f"{self.name}_{self.width}x{self.height}_{self.frames}"
-        return s + (f"_s{self.seed}" if self.seed else "")
+        return s + (f"_s{self.seed}" if self.seed else "") + (f"_l{self.laps}" if self.laps != 1 else "")
 
     @property
     def text(self) -> str:
-        return f"synthetic:{self.name}:{self.width}x{self.height}:{self.frames}" + (f":seed={self.seed}" if self.seed else "")
+        return (f"synthetic:{self.name}:{self.width}x{self.height}:{self.frames}" + (f":seed={self.seed}" if self.seed else "")
+                + (f":laps={self.laps}" if self.laps != 1 else ""))
 
 
 def parse_spec(text: str) -> SequenceSpec:
@@ -95,6 +97,8 @@ def parse_spec(text: str) -> SequenceSpec:
             kw["frames"] = n
         elif re.fullmatch(r"seed=\d+", p):
             kw["seed"] = int(p.split("=")[1])
+        elif re.fullmatch(r"laps=\d+", p) and name in ("loop", "dynamic"):
+            kw["laps"] = max(int(p.split("=")[1]), 1)
         else:
             raise DatasetError(f"--dataset {text}: cannot parse '{p}', expected {SPEC_HELP}")
     return SequenceSpec(name, **kw)
@@ -119,6 +123,8 @@ def camera_for(spec: SequenceSpec) -> PinholeCamera:
 
 def trajectory_for(spec: SequenceSpec) -> traj.Trajectory:
     try:
+        if spec.laps != 1:
+            return traj.TRAJECTORIES[spec.name](spec.frames, laps=spec.laps)
         return traj.TRAJECTORIES[spec.name](spec.frames)
     except ValueError as e:
         raise DatasetError(f"--dataset {spec.text}: {e}") from None

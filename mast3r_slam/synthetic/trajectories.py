@@ -51,8 +51,8 @@ def _loop_pose(phi: float) -> np.ndarray:
     return look_pose(pos, yaw, pitch, roll)
 
 
-def loop(n: int = 150) -> Trajectory:
-    phis = 2 * np.pi * np.arange(n) / max(n - 1, 1)
+def loop(n: int = 150, laps: int = 1) -> Trajectory:
+    phis = 2 * np.pi * laps * np.arange(n) / max(n - 1, 1)
     return Trajectory(np.stack([_loop_pose(p) for p in phis]), {"loop_closure": {"first": 0, "last": n - 1}})
 
 
@@ -130,8 +130,8 @@ def moving_object_poses(n: int) -> dict:
     return out
 
 
-def dynamic(n: int = 150) -> Trajectory:
-    tr = loop(n)
+def dynamic(n: int = 150, laps: int = 1) -> Trajectory:
+    tr = loop(n, laps)
     tr.events = {"moving_objects": ["figure", "cart"]}
     return tr
 
