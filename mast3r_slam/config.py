@@ -114,6 +114,18 @@ class NetworkConfig:
     cuda_graphs: bool = True  # capture encode / pair decode in CUDA graphs (fixed shapes)
 
 
+@dataclass
+class DynamicConfig:
+    """Moving-object handling (ours; the original assumes a static world). docs/DYNAMIC.md."""
+
+    enabled: bool = True
+    rel_thresh: float = 0.15  # |tracked frame point - keyframe point| / range above which a pixel moved
+    border_px: int = 2  # matches within this many pixels of the frame border are not judged
+    keyframe_votes: int = 2  # frames that must flag a keyframe pixel before it leaves the map
+    dilate_px: int = 1  # grow the masks by this many pixels (object boundaries are blurred)
+    resolve: bool = True  # re-solve the tracking pose without the pixels found to move
+
+
 _FILTERING_MODES = ("recent", "first", "best_score", "indep_conf", "weighted_pointmap", "weighted_spherical")
 
 
@@ -128,6 +140,7 @@ class Config:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     reloc: RelocConfig = field(default_factory=RelocConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    dynamic: DynamicConfig = field(default_factory=DynamicConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -258,7 +271,7 @@ def _build(cls, data: Mapping, origin: str):
 
 _SECTIONS = {
     c.__name__: c
-    for c in (NetworkConfig, DatasetConfig, MatchingConfig, TrackingConfig, LocalOptConfig, RetrievalConfig, RelocConfig, Config)
+    for c in (NetworkConfig, DatasetConfig, MatchingConfig, TrackingConfig, LocalOptConfig, RetrievalConfig, RelocConfig, DynamicConfig, Config)
 }
 
 

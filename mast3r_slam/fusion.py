@@ -50,10 +50,21 @@ def _from_spherical(S: torch.Tensor) -> torch.Tensor:
 def make_fusion(mode: str = "weighted_pointmap", score: str = "median") -> FusionFn:
     """Fusion rule by name (``tracking.filtering_mode`` / ``tracking.filtering_score``)."""
 
-    def fuse(frame: Frame, X: torch.Tensor, C: torch.Tensor) -> None:
+    def fuse(frame: Frame, X: torch.Tensor, C: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """Fuse (X, C) into ``frame``; pixels where ``keep`` [HW] is True are left as they were."""
         if frame.N == 0 or frame.X_canon is None:
             _init(frame, X, C, score if mode == "best_score" else None)
             return
+        if keep is not None:
+            X_old, C_old = frame.X_canon, frame.C
+            _update(frame, X, C)
+            k = keep.reshape(-1, 1)
+            frame.X_canon = torch.where(k, X_old, frame.X_canon)
+            frame.C = torch.where(k, C_old, frame.C)
+            return
+        _update(frame, X, C)
+
+    def _update(frame: Frame, X: torch.Tensor, C: torch.Tensor) -> None:
         if mode == "weighted_pointmap":
             Ct = frame.C + C
             frame.X_canon = (frame.C * frame.X_canon + C * X) / Ct

@@ -108,6 +108,8 @@ def run(
             viz.enabled = False
 
     slam = Slam(cfg, prior, device=dev, K=dataset.K if cfg.use_calib else None, viewer=viz, n_frames=n_frames)
+    if writer is not None and cfg.dynamic.enabled:
+        slam.mask_sink = writer.write_dynamic_mask  # per-frame moving-pixel masks, written as they come
     status, error = "completed", None
     bar = None
     try:

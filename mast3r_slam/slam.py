@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import dynamic
 from .config import Config
 from .errors import WorkerError
 from .frame import Frame, Mode, create_frame
@@ -80,7 +81,8 @@ class Slam:
         self.viewer_opts = viewer or ViewerOptions()
         self.n_frames = n_frames
         self.backend_threads = backend_threads
-        self.tracker = FrameTracker(prior, cfg.tracking, cfg.matching, use_calib=cfg.use_calib)
+        self.tracker = FrameTracker(prior, cfg.tracking, cfg.matching, use_calib=cfg.use_calib, dynamic_cfg=cfg.dynamic)
+        self.mask_sink = None  # callable(timestamp, mask [H, W] bool numpy) for per-frame dynamic masks
         self.fuse = make_fusion(cfg.tracking.filtering_mode, cfg.tracking.filtering_score)
         self.store: KeyframeStore | None = None
         self.backend = None
@@ -229,7 +231,11 @@ class Slam:
             else:
                 self.last_T_WC = frame.T_WC
                 self.store[self.kf_idx] = self.kf  # fused keyframe pointmap -> shared store
+                if self.mask_sink is not None and dynamic.MASK in frame.extras:
+                    self.mask_sink(timestamp, frame.extras[dynamic.MASK].reshape(frame.img_shape).cpu().numpy())
                 if res.new_keyframe:
+                    if self.cfg.dynamic.enabled:
+                        dynamic.init_keyframe(self.cfg.dynamic, frame)
                     idx = self.store.append(frame)
                     self._set_keyframe(frame, idx)
                     self._record(frame, idx, Sim3.identity(1))

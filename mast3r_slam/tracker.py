@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import ops
-from .config import MatchingConfig, TrackingConfig
+from . import dynamic, ops
+from .config import DynamicConfig, MatchingConfig, TrackingConfig
 from .frame import Frame
 from .fusion import make_fusion
 from .geometry import constrain_points_to_ray, pixel_grid
@@ -38,8 +38,12 @@ class TrackResult:
 
 
 class FrameTracker:
-    def __init__(self, prior: Prior, tracking: TrackingConfig, matching: MatchingConfig, use_calib: bool = False):
+    def __init__(
+        self, prior: Prior, tracking: TrackingConfig, matching: MatchingConfig, use_calib: bool = False,
+        dynamic_cfg: DynamicConfig | None = None,
+    ):
         self.prior = prior
+        self.dyn = dynamic_cfg if dynamic_cfg is not None and dynamic_cfg.enabled else None
         self.subpixel = matching.subpixel
         self.subpixel_iters = matching.subpixel_iters
         self.cfg = tracking
@@ -82,11 +86,16 @@ class FrameTracker:
                 p = subpixel_positions(res_f.X, res_k.X, idx_f2k, H, W, self.subpixel_iters)
                 Xf = sample_pointmap(Xf_all, p, H, W)
         else:
+            p = None
             Xf = Xf_all[idx_f2k]
         Cf = frame.C_avg()[idx_f2k]
         Ck = keyframe.C_avg()
         valid_Q = Qk > cfg.Q_conf
-        valid_opt = valid_match_k & (Cf > cfg.C_conf) & (Ck > cfg.C_conf) & valid_Q
+        confident = (Cf > cfg.C_conf) & (Ck > cfg.C_conf) & valid_Q
+        valid_opt = valid_match_k & confident
+        kf_dyn = dynamic.keyframe_mask(keyframe) if self.dyn is not None else None
+        if kf_dyn is not None:  # keyframe pixels known to move take no part
+            valid_opt = valid_opt & ~kf_dyn.reshape(-1, 1)
         valid_kf = valid_match_k & valid_Q
         match_frac = float(valid_opt.float().mean())
         if match_frac < cfg.min_match_frac:
@@ -99,12 +108,16 @@ class FrameTracker:
         if bool(sol.failed):
             return TrackResult(False, False, None, match_frac, 0.0, reason="Cholesky failure in the tracking solve")
         T_CkCf = sol.T_CkCf.reshape(1, 8)
+        keep = None
+        if self.dyn is not None:
+            with timed("frontend.dynamic"):
+                T_CkCf, keep, sol = self._dynamic(frame, keyframe, T_CkCf, sol, Xf, Xk, p, idx_f2k, confident, sqrt_w, kf_dyn, H, W)
         self.T_CkCf_prev = T_CkCf
         frame.T_WC = Sim3.mul(keyframe.T_WC, T_CkCf)
 
         # keyframe fusion with the keyframe's points predicted in f, moved into the keyframe
         with timed("frontend.fusion"):
-            self.fuse(keyframe, Sim3.act(T_CkCf, res_k.X), res_k.C)
+            self.fuse(keyframe, Sim3.act(T_CkCf, res_k.X), res_k.C, keep)
 
         # keyframe decision (unique fraction uses the unfiltered matches, as the original)
         match_frac_k = valid_kf.float().mean()
@@ -114,6 +127,29 @@ class FrameTracker:
         if new_kf:
             self.reset()
         return TrackResult(True, new_kf, T_CkCf, match_frac, kf_frac, iterations=int(sol.num_iters))
+
+    def _dynamic(self, frame, keyframe, T_CkCf, sol, Xf, Xk, p, idx_f2k, confident, sqrt_w, kf_dyn, H, W):
+        """Find moving pixels with the solved pose; solve again without them if they had weight.
+
+        Returns (pose, keyframe pixels fusion must leave alone, solution)."""
+        cfg = self.dyn
+        if p is None:
+            p = torch.stack([idx_f2k % W, torch.div(idx_f2k, W, rounding_mode="floor")], -1)
+        usable = confident[:, 0] & torch.isfinite(Xf).all(-1)
+        J = dynamic.judge(cfg, T_CkCf, Xf, Xk, p, usable, H, W)
+        excluded = J.kf_hit | J.frame_hit_q
+        if cfg.resolve:
+            lost_weight = float((sqrt_w[:, 0] * excluded).sum() / sqrt_w.sum().clamp_min(1e-12))
+            if lost_weight > 1e-3:  # one host read per frame, not per iteration
+                sqrt_w2 = sqrt_w * (~excluded).reshape(-1, 1)
+                sol2 = self._solve(T_CkCf, Xf, Xk, sqrt_w2, keyframe.K, H, W)
+                if not bool(sol2.failed):
+                    sol = sol2
+                    T_CkCf = sol2.T_CkCf.reshape(1, 8)
+        frame.extras[dynamic.MASK] = J.frame_mask
+        dynamic.add_votes(cfg, keyframe, J.kf_hit, H, W)
+        keep = J.kf_hit if kf_dyn is None else J.kf_hit | kf_dyn.reshape(-1)
+        return T_CkCf, keep, sol
 
     def _solve(self, T_init, Xf, Xk, sqrt_w, K, H, W):
         cfg = self.cfg

@@ -135,6 +135,10 @@ class FactorGraph:
         p = torch.cat([self.p_ii2jj, self.p_jj2ii]) if self.subpixel else None  # sub-pixel measurements
         ids = unique.tolist()
         Xs, Cs, T_WC, K = self.kf.stack(ids)
+        if self.cfg.dynamic.enabled:  # moving pixels (found by the frontend) constrain nothing
+            dyn = self.kf.dyn_masks(ids)
+            if dyn is not None:
+                Cs = Cs.masked_fill(dyn, 0.0)  # the kernels need C > C_conf at both ends of a match
         H, W = self.kf.store.H, self.kf.store.W
         if self.cfg.use_calib:
             Xs = constrain_points_to_ray(Xs, K, H, W)

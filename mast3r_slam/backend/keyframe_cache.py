@@ -41,6 +41,16 @@ class KeyframeCache:
         K = frames[0].K
         return Xs, Cs, T, K
 
+    def dyn_masks(self, ids: list[int]) -> torch.Tensor | None:
+        """[n, HW, 1] bool dynamic pixels of the keyframes (None: no keyframe has any)."""
+        self._refresh(ids)
+        masks = [self._frames[i][1].extras.get("dyn_mask") for i in ids]
+        if all(m is None for m in masks):
+            return None
+        HW = self._frames[ids[0]][1].X_canon.shape[0]
+        z = torch.zeros(HW, dtype=torch.bool, device=self.device)
+        return torch.stack([z if m is None else m.reshape(-1) for m in masks])[..., None]
+
     def update_poses(self, ids: list[int], T_WC: torch.Tensor) -> None:
         for k, i in enumerate(ids):
             if i in self._frames:

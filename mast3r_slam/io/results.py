@@ -9,7 +9,9 @@ Layout of ``<out_dir>/`` (see docs/DATASETS.md)::
     scene.glb                     glTF 2.0: coloured points + keyframe camera frustums
     keyframes/<timestamp>.png     keyframe image at network resolution (RGB)
     keyframes/<timestamp>.npz     depth [H,W], confidence [H,W], pointmap [H,W,3] (camera frame),
-                                  T_WC [8] Sim(3), K [3,3] (NaN when uncalibrated), timestamp, rgb
+                                  T_WC [8] Sim(3), K [3,3] (NaN when uncalibrated), timestamp, rgb,
+                                  dynamic [H,W] bool (pixels left out of the map as moving)
+    dynamic_masks/<timestamp>.png every tracked frame's moving pixels (255), when dynamic handling is on
     metrics.json                  run statistics (frames, keyframes, fps, ATE, prior, ...)
 
 :class:`ResultsWriter` writes each part independently (so the pipeline can write at the end,
@@ -48,6 +50,7 @@ OUTPUT_NAMES = (
     "scene.glb",
     "metrics.json",
     "keyframes",
+    "dynamic_masks",
 )
 DEFAULT_C_THRESH = 1.5  # the original viewer's default confidence threshold, also used headless
 DEFAULT_MAX_GLB_POINTS = 2_000_000
@@ -72,6 +75,7 @@ class MapKeyframe:
     C_avg: Any  # [H, W], [H*W] or [H*W, 1] average confidence C / N
     rgb: Any  # [H, W, 3] uint8 (or float in [0, 1])
     K: Any = None  # [3, 3] intrinsics at network resolution (calibrated mode), else None
+    dyn_mask: Any = None  # [H, W] or [H*W] bool: moving pixels, left out of the map (None: none)
 
     @classmethod
     def from_frame(cls, frame) -> "MapKeyframe":
@@ -83,6 +87,7 @@ class MapKeyframe:
             C_avg=frame.C_avg(),
             rgb=frame.uimg,
             K=frame.K,
+            dyn_mask=frame.extras.get("dyn_mask"),
         )
 
     def pose(self) -> np.ndarray:
@@ -104,7 +109,8 @@ class MapKeyframe:
         C = _np(self.C_avg, np.float32).reshape(H, W)
         T = self.pose()
         K = None if self.K is None else _np(self.K, np.float64).reshape(3, 3)
-        return {"rgb": rgb, "X": X, "C": C, "T": T, "K": K}
+        dyn = np.zeros((H, W), bool) if self.dyn_mask is None else _np(self.dyn_mask).reshape(H, W).astype(bool)
+        return {"rgb": rgb, "X": X, "C": C, "T": T, "K": K, "dyn": dyn}
 
 
 def safe_name(timestamp: str) -> str:
@@ -125,7 +131,7 @@ def _constrain_to_rays(X: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
 def map_points(
     keyframes: Sequence[MapKeyframe], c_thresh: float = DEFAULT_C_THRESH, batch: int = 32
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """World points of all keyframes with average confidence > ``c_thresh``.
+    """World points of all keyframes with average confidence > ``c_thresh`` (moving pixels left out).
 
     Each canonical pointmap (constrained to its pixel rays when the keyframe has K) is mapped by
     its full Sim(3) T_WC. Returns (xyz [P, 3] float32, rgb [P, 3] uint8, confidence [P] float32),
@@ -151,7 +157,7 @@ def map_points(
         T = torch.from_numpy(np.stack([a["T"] for a in group])).float()  # [B, 8]
         Xw = Sim3.act(T[:, None, None, :], X)  # [B, H, W, 3]
         C = np.stack([a["C"] for a in group])
-        keep = C > c_thresh
+        keep = (C > c_thresh) & ~np.stack([a["dyn"] for a in group])
         out_xyz.append(Xw.numpy()[keep])
         out_rgb.append(np.stack([a["rgb"] for a in group])[keep])
         out_c.append(C[keep])
@@ -168,6 +174,8 @@ def map_points(
 def _poses7(T_WC) -> np.ndarray:
     """[N, 8] Sim(3) or [N, 7] SE(3) -> [N, 7] t + q_xyzw (scale dropped)."""
     T = _np(T_WC, np.float64)
+    if T.size == 0:
+        return np.zeros((0, 7))
     if T.ndim == 1:
         T = T[None]
     T = T.reshape(len(T), -1)
@@ -281,9 +289,22 @@ class ResultsWriter:
                 T_WC=a["T"],
                 K=a["K"] if a["K"] is not None else np.full((3, 3), np.nan),
                 rgb=a["rgb"],
+                dynamic=a["dyn"],
             )
             atomic_write_bytes(folder / f"{stem}.npz", buf.getvalue())
         return folder
+
+    def write_dynamic_mask(self, timestamp: str, mask: np.ndarray) -> Path:
+        """``dynamic_masks/<timestamp>.png``: one frame's moving pixels (255) at network resolution."""
+        import cv2
+
+        folder = self.path("dynamic_masks")
+        folder.mkdir(parents=True, exist_ok=True)
+        p = folder / f"{safe_name(timestamp)}.png"
+        ok, buf = cv2.imencode(".png", np.asarray(mask, bool).astype(np.uint8) * 255, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if ok:
+            atomic_write_bytes(p, buf.tobytes())
+        return p
 
     def write_metrics(self, metrics: dict, merge: bool = True) -> Path:
         """``metrics.json``; with ``merge`` the keys are added to an existing file's."""

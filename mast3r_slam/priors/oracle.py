@@ -47,6 +47,9 @@ from ..frame import Frame
 from ..image import resize_crop_shape
 from . import oracle_features as feats
 from .base import Prediction, Prior
+from .oracle_objects import MODES as MOVING_OBJECT_MODES
+from .oracle_objects import MovingObjects
+from .oracle_objects import register as register_objects
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,8 @@ class OracleErrorModel:
     desc_conf_ambiguity: float = 1.0  # < 1: q falls once a descriptor 3-15 px away is this similar (off)
     min_pair_factor: float = 0.2  # lowest global factor on c and q of a non-overlapping pair
     visibility_tol: float = 0.05  # relative depth agreement for "visible in the other view"
+    # --- moving objects (synthetic dynamic sequence; priors/oracle_objects.py) ------------------
+    moving_objects: str = "registered"  # cross-view X_ji of a moving object: "registered" onto view i, or "physical"
 
     @classmethod
     def exact(cls) -> "OracleErrorModel":
@@ -135,6 +140,8 @@ class _FrameData:
     K: torch.Tensor  # [3, 3] true intrinsics at network resolution
     T_WC: torch.Tensor  # [4, 4] float64 ground-truth camera-to-world
     median_depth: float
+    obj_label: torch.Tensor | None = None  # [HW] int64 moving-object index per pixel (-1 static), dynamic sequences
+    obj_poses: torch.Tensor | None = None  # [n_obj, 4, 4] float64 object-to-world at this frame's time
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,6 +334,12 @@ class OraclePrior(Prior):
         finally:
             torch.set_num_threads(n)
 
+    def _moving_objects(self):
+        """The sequence's moving objects (objects.json) or None; loaded once."""
+        if not hasattr(self, "_movers"):
+            self._movers = MovingObjects.from_dataset(self.dataset)
+        return self._movers
+
     def _network_geometry(self, w: int, h: int, H: int, W: int) -> tuple[int, int, int, int]:
         """(new_w, new_h, left, top) of the resize + crop that maps a w x h image to W x H."""
         key = (w, h, H, W)
@@ -414,7 +427,15 @@ class OraclePrior(Prior):
             q = q * np.clip((1 - amb) / (1 - em.desc_conf_ambiguity), 0.05, 1.0)
         occ_noise = _smooth_noise(rng, H, W, 4.0)
         dev = self.device
+        obj_label = obj_poses = None
+        movers = self._moving_objects()
+        if movers is not None and movers.at(s.timestamp) is not None:
+            lab = movers.labels(s.timestamp, X_true @ T[:3, :3].T + T[:3, 3])
+            obj_label = torch.from_numpy(lab).to(dev)
+            obj_poses = torch.from_numpy(movers.at(s.timestamp)).to(dev)
         return _FrameData(
+            obj_label=obj_label,
+            obj_poses=obj_poses,
             H=H,
             W=W,
             X_true=torch.from_numpy(X_true.astype(np.float32)).to(dev),
@@ -508,6 +529,10 @@ class OraclePrior(Prior):
         Rp = dR @ R12
         tp = (dR @ t12[..., None])[..., 0] + dt.float()
 
+        if em.moving_objects == "registered" and all(d.obj_label is not None for d in f1 + f2):
+            O1 = torch.stack([d.obj_poses for d in f1])
+            O2 = torch.stack([d.obj_poses for d in f2])
+            X2p = register_objects(X2p, torch.stack([d.obj_label for d in f2]), T1, T2, O1, O2)
         X2 = X2p @ Rp.transpose(1, 2) + tp[:, None]
         if em.occlusion_sigma > 0:
             occ = torch.stack([d.occ_noise for d in f2])
@@ -563,7 +588,11 @@ def make_oracle_prior(dataset, cfg_or_overrides: Any = None, device: str | torch
             em = OracleErrorModel.exact()
         changes = {}
         for k, v in ov.items():
-            if k in fields:
+            if k == "moving_objects":
+                if v not in MOVING_OBJECT_MODES:
+                    raise ConfigError(f"oracle prior: 'moving_objects' must be one of {', '.join(MOVING_OBJECT_MODES)}, got {v!r}")
+                changes[k] = v
+            elif k in fields:
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
                     raise ConfigError(f"oracle prior: '{k}' must be a number, got {v!r}")
                 changes[k] = float(v)

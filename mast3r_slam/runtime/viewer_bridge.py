@@ -27,12 +27,14 @@ class SharedViewerSource:
         if i >= len(self.store):
             return None
         s = self.store
-        r = s.read(i, ("frame_id", "T_WC", "X", "C", "N", "uimg", "K", "has_K"))
+        r = s.read(i, ("frame_id", "T_WC", "X", "C", "N", "uimg", "K", "has_K", "dyn_mask"))
+        C = r["C"][:, 0] / max(int(r["N"]), 1)
+        C = np.where(r["dyn_mask"] > 0, 0.0, C)  # moving pixels are not part of the map (any threshold hides them)
         return KeyframeData(
             frame_id=int(r["frame_id"]),
             T_WC=r["T_WC"].astype(np.float32),
             X=r["X"].reshape(s.H, s.W, 3),
-            C=(r["C"][:, 0] / max(int(r["N"]), 1)).reshape(s.H, s.W),
+            C=C.reshape(s.H, s.W).astype(np.float32),
             rgb=r["uimg"],
             K=r["K"] if int(r["has_K"]) else None,
         )
