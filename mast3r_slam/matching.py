@@ -35,17 +35,34 @@ def lin_to_pixel(idx: Tensor, W: int) -> Tensor:
     return torch.stack([idx % W, torch.div(idx, W, rounding_mode="floor")], dim=-1)
 
 
+_SCHARR = ((-3.0, 0.0, 3.0), (-10.0, 0.0, 10.0), (-3.0, 0.0, 3.0))
+_GRAD_WEIGHTS: dict = {}  # (C, dtype, device) -> (kx, ky) contiguous [C, 1, 3, 3]
+
+
+def _gradient_weights(C: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The depthwise kernels of :func:`ray_image_gradients`, built once per (C, dtype, device): a
+    fresh ``torch.tensor(..., device=cuda)`` is a host-to-device copy that waits for the GPU queue,
+    and conv2d copies an expanded weight to a contiguous one on every call."""
+    key = (C, dtype, device)
+    w = _GRAD_WEIGHTS.get(key)
+    if w is None:
+        k = torch.tensor(_SCHARR, dtype=dtype) / 32.0
+        w = (k.expand(C, 1, 3, 3).contiguous().to(device), k.t().expand(C, 1, 3, 3).contiguous().to(device))
+        if len(_GRAD_WEIGHTS) > 16:
+            _GRAD_WEIGHTS.clear()
+        _GRAD_WEIGHTS[key] = w
+    return w
+
+
 def ray_image_gradients(rays: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel x/y gradients of an image [B, C, H, W] with reflect padding.
 
     3x3 Scharr-like kernels gx = [[-3, 0, 3], [-10, 0, 10], [-3, 0, 3]] / 32 and gy = gx^T
     (cross-correlation; a unit central difference on a linear ramp).
     """
-    C = rays.shape[1]
-    k = torch.tensor([[-3.0, 0.0, 3.0], [-10.0, 0.0, 10.0], [-3.0, 0.0, 3.0]], dtype=rays.dtype, device=rays.device) / 32.0
-    kx = k.expand(C, 1, 3, 3)
-    ky = k.t().expand(C, 1, 3, 3)
+    kx, ky = _gradient_weights(rays.shape[1], rays.dtype, rays.device)
     padded = F.pad(rays, (1, 1, 1, 1), mode="reflect")
+    C = rays.shape[1]
     return F.conv2d(padded, kx, groups=C), F.conv2d(padded, ky, groups=C)
 
 
@@ -100,10 +117,11 @@ def match(
     rays_with_grad, target = prepare_rays(X11, X21)
 
     if idx_init is None:
-        idx_init = torch.arange(H * W, device=X11.device).expand(B, -1)
+        p_init = _identity_pixels(H, W, X11.device).expand(B, -1, -1)  # made contiguous by ops.iter_proj
     elif idx_init.shape != (B, H * W):
         raise ops.KernelArgumentError(f"match: idx_init must be [B, HW] = [{B}, {H * W}], got {list(idx_init.shape)}")
-    p_init = lin_to_pixel(idx_init, W).float().contiguous()
+    else:
+        p_init = lin_to_pixel(idx_init, W).float()
 
     p, converged = ops.iter_proj(rays_with_grad, target, p_init, max_iter, lambda_init, convergence_thresh)
     p1 = p.long()  # truncation, as the original
@@ -117,15 +135,37 @@ def match(
         p1 = ops.refine_matches(D11.to(dt).contiguous(), D21.reshape(B, H * W, -1).to(dt).contiguous(), p1, radius, dilation_max)
         if revalidate:
             valid = converged & _dist_ok(X11, X21, p1, dist_thresh)
-    return pixel_to_lin(p1, W), valid[..., None]
+    return _lin(p1, W), valid[..., None]
 
 
 def _dist_ok(X11: Tensor, X21: Tensor, p1: Tensor, dist_thresh: float) -> Tensor:
     """||X11(p1(q)) - X21(q)|| < dist_thresh  -> [B, HW] bool."""
     B, H, W, _ = X11.shape
-    lin = pixel_to_lin(p1, W)
+    lin = _lin(p1, W)
     X11p = torch.gather(X11.reshape(B, H * W, 3), 1, lin[..., None].expand(-1, -1, 3))
     return torch.linalg.norm(X11p - X21.reshape(B, H * W, 3), dim=-1) < dist_thresh
+
+
+def _lin(p1: Tensor, W: int) -> Tensor:
+    """:func:`pixel_to_lin` of int64 pixels in one kernel (u + W v, exact in integers)."""
+    return torch.add(p1[..., 0], p1[..., 1], alpha=W)
+
+
+_IDENTITY: dict = {}  # (H, W, device) -> [1, HW, 2] float32
+
+
+def _identity_pixels(H: int, W: int, device: torch.device) -> Tensor:
+    """(u, v) of every pixel in row-major order, [1, HW, 2] float32, built once per (H, W, device)
+    (callers never write to it)."""
+    key = (H, W, device)
+    p = _IDENTITY.get(key)
+    if p is None:
+        v, u = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+        p = torch.stack([u, v], -1).reshape(1, H * W, 2).to(device)
+        if len(_IDENTITY) > 8:
+            _IDENTITY.clear()
+        _IDENTITY[key] = p
+    return p
 
 
 @dataclass(frozen=True)
