@@ -101,7 +101,8 @@ def test_iter_proj_edge_cases(monkeypatch):
     gen = torch.Generator().manual_seed(7)
     B, H, W = 2, 41, 57
     X11 = torch.randn(B, H, W, 3, generator=gen) * 0.005 + torch.tensor([0.0, 0.0, 3.0])
-    X11 = X11 + torch.stack(torch.meshgrid(torch.linspace(-1, 1, H), torch.linspace(-1.3, 1.3, W), indexing="ij")[::-1] + (torch.zeros(H, W),), -1)
+    gy, gx = torch.meshgrid(torch.linspace(-1, 1, H), torch.linspace(-1.3, 1.3, W), indexing="ij")
+    X11 = X11 + torch.stack([gx, gy, torch.zeros(H, W)], -1)
     X11[1, 5:8, 9:12] = float("nan")
     X21 = X11 + 0.01 * torch.randn(B, H, W, 3, generator=gen)
     rays, target = matching.prepare_rays(X11, X21)
