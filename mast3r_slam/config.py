@@ -123,6 +123,9 @@ class DynamicConfig:
     border_px: int = 2  # matches within this many pixels of the frame border are not judged
     keyframe_votes: int = 2  # frames that must flag a keyframe pixel before it leaves the map
     dilate_px: int = 1  # grow the masks by this many pixels (object boundaries are blurred)
+    grow_frac: float = 0.05  # spread masks over depth-continuous surfaces by up to this fraction of the width
+    grow_depth_tol: float = 0.03  # neighbours within this relative depth belong to the same surface
+    max_ray_angle_deg: float = 1.0  # matches whose predicted rays disagree more (unconverged) are not judged
     resolve: bool = True  # re-solve the tracking pose without the pixels found to move
 
 

@@ -53,6 +53,47 @@ def dilate(mask: torch.Tensor, H: int, W: int, px: int) -> torch.Tensor:
     return (F.max_pool2d(m, 2 * px + 1, stride=1, padding=px) > 0).reshape(-1)
 
 
+def grow(mask: torch.Tensor, z: torch.Tensor, H: int, W: int, iters: int, tol: float) -> torch.Tensor:
+    """Grow a flat [HW] mask into 4-neighbours of similar depth (|log z - log z'| < tol), ``iters`` steps.
+
+    Moving objects are depth-continuous surfaces bounded by depth edges: pixels flagged on part of
+    an object (where it did not overlap itself between the two times) spread over the rest of it."""
+    if iters <= 0 or not bool(mask.any()):
+        return mask
+    lz = torch.log(z.reshape(H, W).clamp_min(1e-6))
+    m = mask.reshape(H, W).clone()
+    # similarity to the right / lower neighbour, computed once
+    sim_x = (lz[:, 1:] - lz[:, :-1]).abs() < tol  # [H, W-1]
+    sim_y = (lz[1:] - lz[:-1]).abs() < tol  # [H-1, W]
+    for _ in range(iters):
+        n = m.clone()
+        n[:, 1:] |= m[:, :-1] & sim_x
+        n[:, :-1] |= m[:, 1:] & sim_x
+        n[1:] |= m[:-1] & sim_y
+        n[:-1] |= m[1:] & sim_y
+        m = n
+    return m.reshape(-1)
+
+
+def erode(mask: torch.Tensor, H: int, W: int, px: int) -> torch.Tensor:
+    """Shrink a flat [HW] bool mask by ``px`` pixels (outside the image counts as unmasked)."""
+    if px <= 0:
+        return mask
+    inv = F.pad((~mask).reshape(1, 1, H, W).float(), (px, px, px, px), value=1.0)
+    return ~(F.max_pool2d(inv, 2 * px + 1, stride=1) > 0).reshape(-1)
+
+
+def clean(mask: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Close one-pixel holes, then remove specks and lines thinner than 3 pixels (opening):
+    moving objects are blobs; what a static scene produces (occlusion edges, noise) is thin."""
+    m = erode(dilate(mask, H, W, 1), H, W, 1)
+    return dilate(erode(m, H, W, 1), H, W, 1)
+
+
+def grow_iters(cfg: DynamicConfig, W: int) -> int:
+    return int(round(cfg.grow_frac * W))
+
+
 def judge(
     cfg: DynamicConfig,
     T_CkCf: torch.Tensor,
@@ -62,6 +103,7 @@ def judge(
     usable: torch.Tensor,
     H: int,
     W: int,
+    z_frame: torch.Tensor | None = None,
 ) -> Judgement:
     """Compare the keyframe's points with the frame's matched points moved by the tracked pose.
 
@@ -86,6 +128,9 @@ def judge(
     pv = p_match[:, 1].round().long().clamp(0, H - 1)
     frame_mask = torch.zeros(H * W, dtype=torch.bool, device=Xk.device)
     frame_mask[(pv * W + pu)[frame_hit_q]] = True
+    frame_mask = clean(frame_mask, H, W)
+    if z_frame is not None:
+        frame_mask = grow(frame_mask, z_frame, H, W, grow_iters(cfg, W), cfg.grow_depth_tol)
     frame_mask = dilate(frame_mask, H, W, cfg.dilate_px)
     return Judgement(kf_hit=kf_hit, frame_hit_q=frame_hit_q, frame_mask=frame_mask, judged=judged)
 
@@ -95,7 +140,7 @@ def keyframe_mask(keyframe: Frame) -> torch.Tensor | None:
     return keyframe.extras.get(MASK)
 
 
-def add_votes(cfg: DynamicConfig, keyframe: Frame, kf_hit: torch.Tensor, H: int, W: int) -> None:
+def add_votes(cfg: DynamicConfig, keyframe: Frame, kf_hit: torch.Tensor, H: int, W: int, z: torch.Tensor | None = None) -> None:
     """Count this frame's evidence against the keyframe's pixels and update its mask."""
     votes = keyframe.extras.get(VOTES)
     if votes is None:
@@ -105,7 +150,10 @@ def add_votes(cfg: DynamicConfig, keyframe: Frame, kf_hit: torch.Tensor, H: int,
             votes = torch.where(old.reshape(-1), torch.full_like(votes, cfg.keyframe_votes), votes)
     votes = votes + dilate(kf_hit, H, W, cfg.dilate_px).to(torch.int16)
     keyframe.extras[VOTES] = votes
-    keyframe.extras[MASK] = votes >= cfg.keyframe_votes
+    m = clean(votes >= cfg.keyframe_votes, H, W)
+    if z is not None:
+        m = grow(m, z, H, W, grow_iters(cfg, W), cfg.grow_depth_tol)
+    keyframe.extras[MASK] = m
 
 
 def init_keyframe(cfg: DynamicConfig, frame: Frame) -> None:

@@ -41,15 +41,17 @@ def test_static_points_within_noise_are_not_flagged():
 def test_moved_points_are_flagged_on_the_right_side(kind):
     gen = torch.Generator().manual_seed(1)
     X_k, X_f, T, p = _scene(gen)
-    moved = torch.zeros(H * W, dtype=torch.bool)
-    moved[5 * W + 4 : 5 * W + 9] = True  # 5 pixels of row 5
+    moved = torch.zeros(H, W, dtype=torch.bool)
+    moved[4:8, 4:9] = True  # a 4 x 5 blob
+    moved = moved.reshape(-1)
     Xf = X_f.clone()
     if kind == "gone":  # the frame sees the wall 60 % farther behind where the keyframe saw an object
         Xf[moved] = Xf[moved] * 1.6
     elif kind == "arrived":  # an object 40 % nearer in the frame
         Xf[moved] = Xf[moved] * 0.6
-    else:  # an object registered onto itself but 40 cm to the side
-        Xf[moved] = Xf[moved] + torch.tensor([0.4, 0.0, 0.0])
+    else:  # an object registered onto itself but moved sideways: 15 degrees about the camera, same range
+        c, s_ = math.cos(math.radians(15)), math.sin(math.radians(15))
+        Xf[moved] = Xf[moved] @ torch.tensor([[c, 0.0, s_], [0.0, 1.0, 0.0], [-s_, 0.0, c]]).T
     cfg = DynamicConfig(border_px=0, dilate_px=0)
     J = dynamic.judge(cfg, T, Xf, X_k, p, torch.ones(H * W, dtype=torch.bool), H, W)
     expect_kf = kind in ("gone", "lateral")
@@ -76,12 +78,33 @@ def test_border_matches_are_not_judged():
 def test_votes_mark_a_keyframe_pixel_after_enough_frames():
     cfg = DynamicConfig(keyframe_votes=2, dilate_px=0)
     kf = Frame(frame_id=0, img=torch.zeros(1, 3, H, W), uimg=torch.zeros(H, W, 3), img_shape=(H, W), T_WC=Sim3.identity(1))
-    hit = torch.zeros(H * W, dtype=torch.bool)
-    hit[7] = True
+    hit = torch.zeros(H, W, dtype=torch.bool)
+    hit[2:5, 3:6] = True
+    hit = hit.reshape(-1)
     dynamic.add_votes(cfg, kf, hit, H, W)
     assert not kf.extras["dyn_mask"].any()
     dynamic.add_votes(cfg, kf, hit, H, W)
-    assert kf.extras["dyn_mask"].nonzero().flatten().tolist() == [7]
+    assert torch.equal(kf.extras["dyn_mask"], hit)
+
+
+def test_clean_removes_thin_lines_and_keeps_blobs():
+    m = torch.zeros(H, W, dtype=torch.bool)
+    m[1, :] = True  # a one-pixel line (an occlusion edge)
+    m[5:9, 6:11] = True  # a blob with a one-pixel hole
+    m[7, 8] = False
+    out = dynamic.clean(m.reshape(-1), H, W).reshape(H, W)
+    blob = torch.zeros(H, W, dtype=torch.bool)
+    blob[5:9, 6:11] = True
+    assert torch.equal(out, blob)
+
+
+def test_grow_spreads_over_a_surface_but_not_across_depth_edges():
+    z = torch.full((H, W), 3.0)
+    z[3:9, 4:10] = 1.0  # an object 2 m in front of a wall
+    seed = torch.zeros(H, W, dtype=torch.bool)
+    seed[5, 6] = True
+    out = dynamic.grow(seed.reshape(-1), z.reshape(-1), H, W, iters=20, tol=0.03).reshape(H, W)
+    assert torch.equal(out, z < 2)  # the whole object, nothing of the wall
 
 
 def test_dilate_grows_by_the_radius():
