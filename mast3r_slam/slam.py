@@ -118,7 +118,14 @@ class Slam:
         else:
             from .runtime.backend_client import ProcessBackend
 
-            self.backend = ProcessBackend(self.cfg, self.prior, self.store, self.device, ctx, self.backend_threads)
+            threads = self.backend_threads
+            if threads == 0 and self.device.type == "cpu":
+                # split the cores between the two processes: two OpenMP pools that each want every
+                # core oversubscribe the CPU and slow both down many times over
+                n = torch.get_num_threads()
+                threads = max(1, n // 2)
+                torch.set_num_threads(max(1, n - threads))
+            self.backend = ProcessBackend(self.cfg, self.prior, self.store, self.device, ctx, threads)
         v = self.viewer_opts
         if v.enabled or v.headless_dir:
             from .runtime.viewer_bridge import viewer_main
