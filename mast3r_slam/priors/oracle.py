@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 from collections import OrderedDict
@@ -139,7 +140,7 @@ class _FrameData:
     occ_noise: torch.Tensor  # [HW] smooth unit noise used for occluded pixels
     K: torch.Tensor  # [3, 3] true intrinsics at network resolution
     T_WC: torch.Tensor  # [4, 4] float64 ground-truth camera-to-world
-    median_depth: float
+    median_depth: torch.Tensor  # [] float64 median of z_true (numpy's definition)
     obj_label: torch.Tensor | None = None  # [HW] int64 moving-object index per pixel (-1 static), dynamic sequences
     obj_poses: torch.Tensor | None = None  # [n_obj, 4, 4] float64 object-to-world at this frame's time
 
@@ -204,6 +205,132 @@ def _push_pull_fill(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
         a = np.clip(w, 0, 1)
         filled = a * cur + (1 - a) * up
     return np.where(valid, values, filled).astype(values.dtype)
+
+
+# ---- torch versions of the per-frame steps (same arithmetic as the numpy/OpenCV originals) ----
+def _sample_depth_t(depth: torch.Tensor, xr: torch.Tensor, yr: torch.Tensor) -> torch.Tensor:
+    """:meth:`OraclePrior._sample_depth` on a separable grid: depth [h, w], raw coordinates of
+    the columns xr [W] and rows yr [H] -> z [H, W] (0 where invalid)."""
+    h, w = depth.shape
+    x0 = torch.floor(xr).long().clamp(0, w - 1)
+    y0 = torch.floor(yr).long().clamp(0, h - 1)
+    x1, y1 = (x0 + 1).clamp_max(w - 1), (y0 + 1).clamp_max(h - 1)
+    fx = (xr - x0.float()).clamp(0, 1)[None, :]  # [1, W]
+    fy = (yr - y0.float()).clamp(0, 1)[:, None]  # [H, 1]
+    r0, r1 = depth[y0], depth[y1]  # [H, w]
+    d00, d01, d10, d11 = r0[:, x0], r0[:, x1], r1[:, x0], r1[:, x1]
+    lo = torch.minimum(torch.minimum(d00, d01), torch.minimum(d10, d11))
+    hi = torch.maximum(torch.maximum(d00, d01), torch.maximum(d10, d11))
+    smooth = (lo > 0) & (hi <= lo * 1.03)
+    bil = (d00 * (1 - fx) + d01 * fx) * (1 - fy) + (d10 * (1 - fx) + d11 * fx) * fy
+    xn = torch.where(fx[0] < 0.5, x0, x1)
+    yn = torch.where(fy[:, 0] < 0.5, y0, y1)
+    near = depth[yn][:, xn]
+    return torch.where(smooth, bil, near)
+
+
+@functools.lru_cache(maxsize=16)
+def _cv_gaussian_kernel(sigma: float) -> np.ndarray:
+    """The 1-D kernel cv2.GaussianBlur(float32 image, (0, 0), sigma) uses."""
+    ksize = int(np.rint(sigma * 4 * 2 + 1)) | 1
+    return cv2.getGaussianKernel(ksize, sigma, cv2.CV_32F).reshape(-1).astype(np.float32)
+
+
+def _reflect_index(n: int, r: int, device) -> torch.Tensor:
+    """Indices of a length-n axis padded by r on both sides with OpenCV's BORDER_REFLECT (edge repeated)."""
+    idx = np.concatenate([np.arange(r - 1, -1, -1), np.arange(n), np.arange(n - 1, n - 1 - r, -1)])
+    return torch.from_numpy(np.clip(idx, 0, n - 1)).to(device)
+
+
+def _gaussian_blur_cv(x: torch.Tensor, sigma: float, border: str) -> torch.Tensor:
+    """cv2.GaussianBlur(x, (0, 0), sigma) of a float32 image [H, W] as shifted weighted sums
+    (no convolution: exact float32 on every device, no TF32). border: "reflect101" (OpenCV's
+    default) or "reflect" (BORDER_REFLECT)."""
+    k = _cv_gaussian_kernel(float(sigma))
+    r = len(k) // 2
+    H, W = x.shape
+    if border == "reflect101":
+        xp = torch.nn.functional.pad(x[None, None], (r, r, 0, 0), mode="reflect")[0, 0]
+    else:
+        xp = x.index_select(1, _reflect_index(W, r, x.device))
+    y = xp[:, 0:W] * float(k[0])
+    for i in range(1, len(k)):
+        y = y + xp[:, i : i + W] * float(k[i])
+    if border == "reflect101":
+        yp = torch.nn.functional.pad(y[None, None], (0, 0, r, r), mode="reflect")[0, 0]
+    else:
+        yp = y.index_select(0, _reflect_index(H, r, x.device))
+    out = yp[0:H] * float(k[0])
+    for i in range(1, len(k)):
+        out = out + yp[i : i + H] * float(k[i])
+    return out
+
+
+def _dilate(x: torch.Tensor, k: int) -> torch.Tensor:
+    """cv2.dilate(x, ones((k, k))) of [H, W] (the border does not count)."""
+    return torch.nn.functional.max_pool2d(x[None, None], k, stride=1, padding=k // 2)[0, 0]
+
+
+def _frame_noise(seed: int, fid: int, H: int, W: int, em: "OracleErrorModel") -> tuple[np.ndarray, float, tuple]:
+    """The frame's random fields in the original draw order: [4, H, W] float32 (smooth depth noise,
+    per-pixel depth noise, confidence field, occlusion noise), the focal factor, and the scene's
+    plane waves."""
+    rng = np.random.default_rng([seed, fid, 0x0FAC1E])
+    noise_s = _smooth_noise(rng, H, W, em.depth_smooth_cells)
+    noise_p = rng.standard_normal((H, W)).astype(np.float32)
+    focal = 1.0 + em.focal_sigma * float(rng.standard_normal())
+    field = _smooth_noise(rng, H, W, 3.0)
+    occ = _smooth_noise(rng, H, W, 4.0)
+    return np.stack([noise_s, noise_p, field, occ]), focal, _world_waves(int(seed), float(em.depth_world_wavelength))
+
+
+@functools.lru_cache(maxsize=8)
+def _world_waves(seed: int, wavelength: float, n_waves: int = 8) -> tuple[np.ndarray, np.ndarray, float]:
+    """Plane waves of :func:`_world_noise`: wave vectors [3, n] (float64), phases [n], amplitude."""
+    r = np.random.default_rng([int(seed), 0x3D0A15E])
+    d = r.standard_normal((n_waves, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    k = 2 * np.pi / (wavelength * np.exp(0.4 * r.standard_normal(n_waves)))
+    phase = r.uniform(0, 2 * np.pi, n_waves)
+    return np.ascontiguousarray((d * k[:, None]).T), phase, float(np.sqrt(2.0 / n_waves))
+
+
+def _world_noise_t(waves: tuple, P: torch.Tensor) -> torch.Tensor:
+    """:func:`_world_noise` of world points P [N, 3] float64 on their device -> [N] float32."""
+    M, phase, amp = waves
+    M, phase = _to_device(M, P.device), _to_device(phase, P.device)
+    return (amp * torch.cos(P @ M + phase)).sum(1).float()
+
+
+def _median_like_numpy(x: torch.Tensor) -> torch.Tensor:
+    """np.median of a 1-D tensor (mean of the two middle values for an even count), on its device."""
+    n = x.numel()
+    hi = torch.kthvalue(x, n // 2 + 1).values
+    return hi if n % 2 else (torch.kthvalue(x, n // 2).values + hi) / 2
+
+
+def _stack(ts: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack, but a view (no copy) for one tensor: cached per-frame data are read-only."""
+    return ts[0][None] if len(ts) == 1 else torch.stack(ts)
+
+
+def _rigid_inv(T: torch.Tensor) -> torch.Tensor:
+    """Inverse of rigid transforms [B, 4, 4] (R^T, -R^T t)."""
+    Ri = T[:, :3, :3].transpose(1, 2)
+    out = torch.zeros_like(T)
+    out[:, :3, :3] = Ri
+    out[:, :3, 3] = -(Ri @ T[:, :3, 3:])[..., 0]
+    out[:, 3, 3] = 1
+    return out
+
+
+def _to_device(a, dev: torch.device) -> torch.Tensor:
+    """Host array or CPU tensor -> tensor on ``dev``; to CUDA through pinned memory without a host
+    synchronisation."""
+    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+    if dev.type == "cuda":
+        return t.pin_memory().to(dev, non_blocking=True)
+    return t.to(dev)
 
 
 def _so3_exp(w: torch.Tensor) -> torch.Tensor:
@@ -334,6 +461,10 @@ class OraclePrior(Prior):
         finally:
             torch.set_num_threads(n)
 
+    def _sample(self, fid: int):
+        """The dataset sample of frame ``fid`` (depth, ground-truth pose, timestamp)."""
+        return self.dataset[fid]
+
     def _moving_objects(self):
         """The sequence's moving objects (objects.json) or None; loaded once."""
         if not hasattr(self, "_movers"):
@@ -356,11 +487,18 @@ class OraclePrior(Prior):
         raise DatasetError(f"oracle prior: no network image size maps {w}x{h} frames of {self.dataset.path} to {W}x{H}")
 
     def _make_frame_data(self, frame: Frame) -> _FrameData:
+        """Per-frame data, computed on the prior's device (torch) from the dataset sample.
+
+        Same arithmetic as the original numpy version (tests/priors/test_oracle_reference.py
+        compares with outputs saved from it): the random fields still come from the frame's
+        numpy generator (one [4, H, W] host->device copy), blurs use OpenCV's Gaussian kernels
+        and border rules, and float64 is used where numpy promoted to it.
+        """
         em = self.error_model
         fid = int(frame.frame_id)
         if not 0 <= fid < len(self.dataset):
             raise DatasetError(f"oracle prior: frame {fid} is outside {self.dataset.path} ({len(self.dataset)} frames)")
-        s = self.dataset[fid]
+        s = self._sample(fid)
         if s.depth is None or s.T_WC_gt is None:
             what = "depth" if s.depth is None else "a ground-truth pose"
             raise DatasetError(
@@ -370,84 +508,95 @@ class OraclePrior(Prior):
         K_raw = self.dataset.K
         if K_raw is None:
             raise DatasetError(f"--prior oracle: {self.dataset.path} has no intrinsics; the ground-truth prior needs them")
+        dev = self.device
         h, w = s.depth.shape
         H, W = frame.H, frame.W
         nw, nh, left, top = self._network_geometry(w, h, H, W)
         sw, sh = w / nw, h / nh
         # true intrinsics of the network image (pixel centres: x_raw = (u + left + 0.5) sw - 0.5)
-        fx, fy = K_raw[0, 0] / sw, K_raw[1, 1] / sh
-        cx, cy = (K_raw[0, 2] + 0.5) / sw - 0.5 - left, (K_raw[1, 2] + 0.5) / sh - 0.5 - top
-        v, u = np.mgrid[0:H, 0:W].astype(np.float32)
-        xr = (u + left + 0.5) * sw - 0.5
-        yr = (v + top + 0.5) * sh - 0.5
-        z, valid = self._sample_depth(np.asarray(s.depth, np.float32), xr, yr)
-        if valid.any():
-            zf = np.exp(_push_pull_fill(np.log(np.where(valid, z, 1.0)), valid))
-        else:  # no depth at all (lens covered): a flat wall at 1 m, very low confidence
-            zf = np.ones_like(z)
-        rng = np.random.default_rng([self.seed, fid, 0x0FAC1E])
+        fx, fy = float(K_raw[0, 0] / sw), float(K_raw[1, 1] / sh)
+        cx, cy = float((K_raw[0, 2] + 0.5) / sw - 0.5 - left), float((K_raw[1, 2] + 0.5) / sh - 0.5 - top)
+        u = torch.arange(W, dtype=torch.float32, device=dev)  # [W]
+        v = torch.arange(H, dtype=torch.float32, device=dev)  # [H]
+        depth = _to_device(np.asarray(s.depth, dtype=np.float32), dev)
+        z = _sample_depth_t(depth, (u + left + 0.5) * sw - 0.5, (v + top + 0.5) * sh - 0.5)  # [H, W]
+        valid = z > 0
+        all_valid = True
+        hole: torch.Tensor | float = 0.0
+        zf = torch.exp(torch.log(z))  # as the inpainting path (a no-op fill) did
+        if not bool(valid.all()):  # holes (real RGB-D): push-pull inpainting on the host, as before
+            all_valid = False
+            z_np, valid_np = z.cpu().numpy(), valid.cpu().numpy()
+            if valid_np.any():
+                zf_np = np.exp(_push_pull_fill(np.log(np.where(valid_np, z_np, 1.0)), valid_np))
+            else:  # no depth at all (lens covered): a flat wall at 1 m, very low confidence
+                zf_np = np.ones_like(z_np)
+            zf = _to_device(np.asarray(zf_np, dtype=np.float32), dev)
+            hole = _gaussian_blur_cv((~valid).float(), 1.0, "reflect101").clamp(0, 1)
+        noise, focal, world = _frame_noise(self.seed, fid, H, W, em)
+        noise = _to_device(noise, dev)  # [4, H, W]: smooth depth, pixel depth, confidence field, occlusion
         # depth edges (from the filled depth) and their soft mask
-        lz = np.log(zf)
-        jump = np.zeros_like(lz)
-        jump[:, 1:] = np.maximum(jump[:, 1:], np.abs(lz[:, 1:] - lz[:, :-1]))
-        jump[:, :-1] = np.maximum(jump[:, :-1], np.abs(lz[:, 1:] - lz[:, :-1]))
-        jump[1:] = np.maximum(jump[1:], np.abs(lz[1:] - lz[:-1]))
-        jump[:-1] = np.maximum(jump[:-1], np.abs(lz[1:] - lz[:-1]))
-        edge = (jump > math.log1p(em.edge_thresh)).astype(np.float32)
-        edge_soft = np.clip(cv2.GaussianBlur(cv2.dilate(edge, np.ones((3, 3), np.uint8)), (0, 0), 0.8), 0, 1)
+        lz = torch.log(zf)
+        dx = (lz[:, 1:] - lz[:, :-1]).abs()
+        dy = (lz[1:] - lz[:-1]).abs()
+        jump = torch.zeros_like(lz)
+        jump[:, 1:] = torch.maximum(jump[:, 1:], dx)
+        jump[:, :-1] = torch.maximum(jump[:, :-1], dx)
+        jump[1:] = torch.maximum(jump[1:], dy)
+        jump[:-1] = torch.maximum(jump[:-1], dy)
+        edge = (jump > math.log1p(em.edge_thresh)).float()
+        edge_soft = _gaussian_blur_cv(_dilate(edge, 3), 0.8, "reflect101").clamp(0, 1)
         # the frame's own prediction: smoothed across edges, noisy depth, focal error
         lzp = lz
         if em.edge_smooth_px > 0:
-            blurred = cv2.GaussianBlur(lz, (0, 0), em.edge_smooth_px, borderType=cv2.BORDER_REFLECT)
-            near = cv2.dilate(edge, np.ones((5, 5), np.uint8)) > 0
-            lzp = np.where(near, blurred, lz)
-        noise_s = _smooth_noise(rng, H, W, em.depth_smooth_cells)
-        noise_p = rng.standard_normal((H, W)).astype(np.float32)
-        xn, yn = (u - cx) / fx, (v - cy) / fy
-        X_true = np.stack([xn * zf, yn * zf, zf], -1).reshape(-1, 3)
-        T = pose7_to_matrix(s.T_WC_gt)
-        noise_w = _world_noise(self.seed, X_true @ T[:3, :3].T + T[:3, 3], em.depth_world_wavelength).reshape(H, W)
-        zp = np.exp(lzp + em.depth_world_sigma * noise_w + em.depth_smooth_sigma * noise_s + em.depth_pixel_sigma * noise_p)
-        focal = 1.0 + em.focal_sigma * float(rng.standard_normal())
-        X_pred = np.stack([xn * zp / focal, yn * zp / focal, zp], -1).reshape(-1, 3)
+            blurred = _gaussian_blur_cv(lz, em.edge_smooth_px, "reflect")
+            lzp = torch.where(_dilate(edge, 5) > 0, blurred, lz)
+        xn = (u.double() - cx) / fx  # [W] float64 (numpy promoted to float64 here)
+        yn = (v.double() - cy) / fy  # [H]
+        zf64 = zf.double()
+        X_true64 = torch.stack([xn[None, :] * zf64, yn[:, None] * zf64, zf64], -1).reshape(-1, 3)
+        T = _to_device(pose7_to_matrix(s.T_WC_gt), dev)
+        P_world = X_true64 @ T[:3, :3].T + T[:3, 3]
+        noise_w = _world_noise_t(world, P_world).reshape(H, W)
+        zp = torch.exp(lzp + em.depth_world_sigma * noise_w + em.depth_smooth_sigma * noise[0] + em.depth_pixel_sigma * noise[1])
+        zp64 = zp.double()
+        X_pred = torch.stack([xn[None, :] * zp64 / focal, yn[:, None] * zp64 / focal, zp64], -1).reshape(-1, 3).float()
         # confidences
-        field = _smooth_noise(rng, H, W, 3.0)
-        hole = np.clip(cv2.GaussianBlur((~valid).astype(np.float32), (0, 0), 1.0), 0, 1) if not valid.all() else 0.0
-        c = em.conf_max * np.exp(em.conf_spread * field) / (1 + (zf / em.conf_far) ** 2)
-        c = c * (1 - (1 - em.conf_edge) * edge_soft) * (1 - (1 - em.conf_hole) * hole)
+        c = em.conf_max * torch.exp(em.conf_spread * noise[2]) / (1 + (zf / em.conf_far) ** 2)
+        c = c * (1 - (1 - em.conf_edge) * edge_soft)
+        if not all_valid:
+            c = c * (1 - (1 - em.conf_hole) * hole)
         img = frame.uimg.detach().cpu().float() if isinstance(frame.uimg, torch.Tensor) else torch.as_tensor(frame.uimg).float()
-        if img.max() > 1.5:
+        if img.max() > 1.5:  # uimg lives on the host: no device synchronisation
             img = img / 255.0
-        D, contrast = feats.local_descriptors(img.to(self.device))
-        contrast = contrast.cpu().numpy()
+        D, contrast = feats.local_descriptors(_to_device(img, dev))
         q = em.desc_conf_max * contrast / (contrast + em.desc_conf_contrast)
         q = q * (1 - (1 - em.desc_conf_edge) * edge_soft) + 1e-3
         if em.desc_conf_ambiguity < 1:  # descriptors that do not localise within the search window
-            amb = feats.descriptor_ambiguity(D).cpu().numpy()
-            q = q * np.clip((1 - amb) / (1 - em.desc_conf_ambiguity), 0.05, 1.0)
-        occ_noise = _smooth_noise(rng, H, W, 4.0)
-        dev = self.device
+            amb = feats.descriptor_ambiguity(D)
+            q = q * ((1 - amb) / (1 - em.desc_conf_ambiguity)).clamp(0.05, 1.0)
         obj_label = obj_poses = None
         movers = self._moving_objects()
         if movers is not None and movers.at(s.timestamp) is not None:
-            lab = movers.labels(s.timestamp, X_true @ T[:3, :3].T + T[:3, 3])
+            lab = movers.labels(s.timestamp, P_world.cpu().numpy())
             obj_label = torch.from_numpy(lab).to(dev)
             obj_poses = torch.from_numpy(movers.at(s.timestamp)).to(dev)
+        zflat = zf.reshape(-1)
         return _FrameData(
             obj_label=obj_label,
             obj_poses=obj_poses,
             H=H,
             W=W,
-            X_true=torch.from_numpy(X_true.astype(np.float32)).to(dev),
-            X_pred=torch.from_numpy(X_pred.astype(np.float32)).to(dev),
-            z_true=torch.from_numpy(zf.reshape(-1).astype(np.float32)).to(dev),
-            c_base=torch.from_numpy(np.asarray(c, np.float32).reshape(-1)).to(dev),
-            q_base=torch.from_numpy(np.asarray(q, np.float32).reshape(-1)).to(dev),
-            D=D.reshape(-1, D.shape[-1]).to(dev),
-            occ_noise=torch.from_numpy(occ_noise.reshape(-1)).to(dev),
-            K=torch.tensor([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=torch.float32, device=dev),
-            T_WC=torch.from_numpy(T).to(dev),
-            median_depth=float(np.median(zf)),
+            X_true=X_true64.float(),
+            X_pred=X_pred,
+            z_true=zflat,
+            c_base=c.reshape(-1),
+            q_base=q.reshape(-1),
+            D=D.reshape(-1, D.shape[-1]),
+            occ_noise=noise[3].reshape(-1),
+            K=_to_device(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float32), dev),
+            T_WC=T,
+            median_depth=_median_like_numpy(zflat).double(),
         )
 
     @staticmethod
@@ -487,18 +636,18 @@ class OraclePrior(Prior):
         if any((d.H, d.W) != (H, W) for d in f1 + f2):
             raise ValueError("oracle prior: all frames of a batch must have the same size")
         dev = self.device
-        X1p = torch.stack([d.X_pred for d in f1])
-        X2p = torch.stack([d.X_pred for d in f2])
-        X1t = torch.stack([d.X_true for d in f1])
-        X2t = torch.stack([d.X_true for d in f2])
-        z1 = torch.stack([d.z_true for d in f1])
-        z2 = torch.stack([d.z_true for d in f2])
-        K1 = torch.stack([d.K for d in f1])
-        K2 = torch.stack([d.K for d in f2])
-        T1 = torch.stack([d.T_WC for d in f1])
-        T2 = torch.stack([d.T_WC for d in f2])
-        T12 = torch.linalg.inv(T1) @ T2  # camera 2 -> camera 1 (float64)
-        T21 = torch.linalg.inv(T12)
+        X1p = _stack([d.X_pred for d in f1])
+        X2p = _stack([d.X_pred for d in f2])
+        X1t = _stack([d.X_true for d in f1])
+        X2t = _stack([d.X_true for d in f2])
+        z1 = _stack([d.z_true for d in f1])
+        z2 = _stack([d.z_true for d in f2])
+        K1 = _stack([d.K for d in f1])
+        K2 = _stack([d.K for d in f2])
+        T1 = _stack([d.T_WC for d in f1])
+        T2 = _stack([d.T_WC for d in f2])
+        T12 = _rigid_inv(T1) @ T2  # camera 2 -> camera 1 (float64; closed-form inverse, no solver sync)
+        T21 = _rigid_inv(T12)
         R12, t12 = T12[:, :3, :3].float(), T12[:, :3, 3].float()
         R21, t21 = T21[:, :3, :3].float(), T21[:, :3, 3].float()
 
@@ -514,9 +663,9 @@ class OraclePrior(Prior):
 
         # per-decode random numbers from (seed, id1, id2)
         ids = np.array([[self.seed, int(a_.frame_id), int(b_.frame_id), 0xDEC0DE] for a_, b_ in zip(frames_1, frames_2)])
-        n = torch.from_numpy(feats.hash_normal(ids, 7)).to(dev)  # [B, 7] float64
+        n = _to_device(feats.hash_normal(ids, 7), dev)  # [B, 7] float64
         scale = torch.exp(em.scale_sigma * n[:, 0]).float()
-        med = torch.tensor([d.median_depth for d in f1], dtype=torch.float64, device=dev)
+        med = _stack([d.median_depth for d in f1])
         baseline = T12[:, :3, 3].norm(dim=-1)  # float64
         cos_a = ((T12[:, 0, 0] + T12[:, 1, 1] + T12[:, 2, 2] - 1) / 2).clamp(-1, 1)
         angle_deg = torch.rad2deg(torch.arccos(cos_a))
@@ -530,25 +679,25 @@ class OraclePrior(Prior):
         tp = (dR @ t12[..., None])[..., 0] + dt.float()
 
         if em.moving_objects == "registered" and all(d.obj_label is not None for d in f1 + f2):
-            O1 = torch.stack([d.obj_poses for d in f1])
-            O2 = torch.stack([d.obj_poses for d in f2])
-            X2p = register_objects(X2p, torch.stack([d.obj_label for d in f2]), T1, T2, O1, O2)
+            O1 = _stack([d.obj_poses for d in f1])
+            O2 = _stack([d.obj_poses for d in f2])
+            X2p = register_objects(X2p, _stack([d.obj_label for d in f2]), T1, T2, O1, O2)
         X2 = X2p @ Rp.transpose(1, 2) + tp[:, None]
         if em.occlusion_sigma > 0:
-            occ = torch.stack([d.occ_noise for d in f2])
+            occ = _stack([d.occ_noise for d in f2])
             X2 = torch.where(vis2[..., None], X2, X2 * torch.exp(em.occlusion_sigma * occ)[..., None])
         X1 = X1p * scale[:, None, None]
         X2 = X2 * scale[:, None, None]
 
-        c1 = torch.stack([d.c_base for d in f1]) * torch.where(vis1, 1.0, em.conf_occluded_self)
-        c2 = torch.stack([d.c_base for d in f2]) * em.conf_cross * torch.where(vis2, 1.0, em.conf_occluded)
-        q1 = torch.stack([d.q_base for d in f1]) * torch.where(vis1, 1.0, em.desc_conf_occluded)
-        q2 = torch.stack([d.q_base for d in f2]) * torch.where(vis2, 1.0, em.desc_conf_occluded)
+        c1 = _stack([d.c_base for d in f1]) * torch.where(vis1, 1.0, em.conf_occluded_self)
+        c2 = _stack([d.c_base for d in f2]) * em.conf_cross * torch.where(vis2, 1.0, em.conf_occluded)
+        q1 = _stack([d.q_base for d in f1]) * torch.where(vis1, 1.0, em.desc_conf_occluded)
+        q2 = _stack([d.q_base for d in f2]) * torch.where(vis2, 1.0, em.desc_conf_occluded)
         gg = g[:, None].float()
         C1, C2 = (1 + c1 * gg)[..., None], (1 + c2 * gg)[..., None]
         Q1, Q2 = (q1 * gg)[..., None], (q2 * gg)[..., None]
-        D1 = torch.stack([d.D for d in f1])
-        D2 = torch.stack([d.D for d in f2])
+        D1 = _stack([d.D for d in f1])
+        D2 = _stack([d.D for d in f2])
         return Prediction(X1, C1, D1, Q1), Prediction(X2, C2, D2, Q2)
 
     def _visible(self, P: torch.Tensor, K: torch.Tensor, z_other: torch.Tensor, H: int, W: int) -> torch.Tensor:
