@@ -18,6 +18,7 @@ import torch
 from .config import Config
 from .errors import Mast3rSlamError, WorkerError
 from .frame import Mode
+from .timing import timed
 
 log = logging.getLogger("mast3r_slam")
 
@@ -123,12 +124,14 @@ def run(
             if slam.should_stop():
                 status = "stopped from the viewer"
                 break
-            try:
-                sample = dataset[i]
-            except IndexError:
-                break
-            outcome = slam.track(i, sample.timestamp, sample.rgb)
-            slam.check_workers()
+            with timed("frame"):  # (profiling: the whole frame, so that its sections add up)
+                try:
+                    with timed("frontend.load"):
+                        sample = dataset.frame_rgb(i) if hasattr(dataset, "frame_rgb") else dataset[i]
+                except IndexError:
+                    break
+                outcome = slam.track(i, sample.timestamp, sample.rgb)
+                slam.check_workers()
             i += 1
             if bar is not None:
                 bar.update(1)

@@ -27,6 +27,7 @@ from .fusion import make_fusion
 from .lie import Sim3
 from .priors.base import Prior
 from .runtime.store import KeyframeStore
+from .timing import timed
 from .tracker import FrameTracker
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,8 @@ class Slam:
         """Process one frame (RGB uint8 HxWx3, already undistorted in calibrated mode)."""
         if self.t_start is None:
             self.t_start = time.perf_counter()
-        frame = self._make_frame(index, rgb, timestamp)
+        with timed("frontend.prepare"):
+            frame = self._make_frame(index, rgb, timestamp)
         if self.store is not None:
             self._check_reloc_done()
             self.store.set("frame_index", index)
@@ -227,7 +229,8 @@ class Slam:
             out = FrameOutcome(index, Mode.INIT, True, idx)
         elif self.mode == Mode.TRACKING:
             self.kf.T_WC = self.store.poses([self.kf_idx]).to(self.device)  # the backend may have moved it
-            res = self.tracker.track(frame, self.kf)
+            with timed("frontend.track"):
+                res = self.tracker.track(frame, self.kf)
             if not res.ok:
                 self.mode = Mode.RELOC
                 self.store.mode = Mode.RELOC
@@ -237,13 +240,15 @@ class Slam:
                 log.info("tracking lost at frame %d: %s", index, res.reason)
             else:
                 self.last_T_WC = frame.T_WC
-                self.store[self.kf_idx] = self.kf  # fused keyframe pointmap -> shared store
+                with timed("frontend.store_write"):
+                    self.store[self.kf_idx] = self.kf  # fused keyframe pointmap -> shared store
                 if self.mask_sink is not None and dynamic.MASK in frame.extras:
                     self.mask_sink(timestamp, frame.extras[dynamic.MASK].reshape(frame.img_shape).cpu().numpy())
                 if res.new_keyframe:
                     if self.cfg.dynamic.enabled:
                         dynamic.init_keyframe(self.cfg.dynamic, frame)
-                    idx = self.store.append(frame)
+                    with timed("frontend.store_write"):
+                        idx = self.store.append(frame)
                     self._set_keyframe(frame, idx)
                     self._record(frame, idx, Sim3.identity(1))
                     self.backend.submit_keyframe(idx)

@@ -138,16 +138,34 @@ class Dataset(ABC):
         return len(self.timestamps)
 
     def __getitem__(self, i: int) -> Sample:
+        return self._get(i, rgb=True, depth=True)
+
+    def frame_rgb(self, i: int) -> Sample:
+        """Sample ``i`` for the SLAM loop: image and timestamp; sources that can skip the depth
+        map do (``depth`` may be None even when the sequence has depth)."""
+        return self._get(i, rgb=True, depth=False)
+
+    def frame_depth(self, i: int) -> Sample:
+        """Sample ``i`` for the ground-truth prior: depth, pose and timestamp; sources that can
+        skip decoding the image do (``rgb`` may then be an empty [0, 0, 3] array)."""
+        return self._get(i, rgb=False, depth=True)
+
+    #: True when :meth:`read` accepts ``rgb=`` / ``depth=`` keywords to skip decoding either file
+    partial_reads: bool = False
+
+    def _get(self, i: int, rgb: bool, depth: bool) -> Sample:
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"frame {i} out of range for {len(self)} frames")
-        sample = self.read(i)
+        sample = self.read(i, rgb=rgb, depth=depth) if self.partial_reads else self.read(i)
         if self.use_calibration and self.intrinsics is not None:
-            sample.rgb = self.intrinsics.undistort(sample.rgb)
+            if sample.rgb.size:
+                sample.rgb = self.intrinsics.undistort(sample.rgb)
             if sample.depth is not None:
                 import cv2
 
+                self.intrinsics._init_undistort()
                 m = self.intrinsics._maps
                 sample.depth = cv2.remap(sample.depth, m[0], m[1], cv2.INTER_NEAREST)
         return sample

@@ -134,16 +134,19 @@ class TUMDataset(Dataset):
         return [files[k] if k >= 0 else None for k in idx]
 
     # ---- reading ---------------------------------------------------------------------------
-    def read(self, i: int) -> Sample:
+    partial_reads = True
+
+    def read(self, i: int, rgb: bool = True, depth: bool = True) -> Sample:
+        """rgb / depth False: skip decoding that file (see :meth:`Dataset.frame_rgb`)."""
         k = self.raw_index(i)
-        rgb = read_rgb(self._rgb_files[k])
-        depth = None
-        if self._depth_files[k] is not None:
+        img = read_rgb(self._rgb_files[k]) if rgb else np.zeros((0, 0, 3), np.uint8)
+        want_depth, depth = depth, None
+        if want_depth and self._depth_files[k] is not None:
             depth = read_depth(self._depth_files[k], self.depth_scale)
         T = None
         if self._gt_frames is not None and not np.isnan(self._gt_frames[k, 0]):
             T = self._gt_frames[k].copy()
-        return Sample(index=i, timestamp=self.timestamps[i], rgb=rgb, depth=depth, T_WC_gt=T)
+        return Sample(index=i, timestamp=self.timestamps[i], rgb=img, depth=depth, T_WC_gt=T)
 
     def image_path(self, i: int) -> Path:
         """File of (subsampled) frame ``i``."""

@@ -463,7 +463,8 @@ class OraclePrior(Prior):
 
     def _sample(self, fid: int):
         """The dataset sample of frame ``fid`` (depth, ground-truth pose, timestamp)."""
-        return self.dataset[fid]
+        get = getattr(self.dataset, "frame_depth", None)  # skips decoding the image where it can
+        return get(fid) if callable(get) else self.dataset[fid]
 
     def _moving_objects(self):
         """The sequence's moving objects (objects.json) or None; loaded once."""
