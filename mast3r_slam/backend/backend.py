@@ -63,9 +63,11 @@ class Backend:
     def _add_keyframe(self, idx: int) -> int:
         if idx != self.n_inserted:
             raise RuntimeError(f"backend: keyframe {idx} arrived but the database holds {self.n_inserted} images")
-        frame = self.keyframes.frame(idx)
+        with timed("backend.store_read"):
+            frame = self.keyframes.frame(idx)
         cands = {idx - 1} if idx > 0 else set()
-        hits = self._retrieve(frame, add=True)
+        with timed("backend.retrieval"):
+            hits = self._retrieve(frame, add=True)
         self.n_inserted += 1
         cands |= set(hits)
         cands.discard(idx)

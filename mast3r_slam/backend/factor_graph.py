@@ -70,8 +70,9 @@ class FactorGraph:
         d = self.device
         ii_t = torch.as_tensor(ii, dtype=torch.long, device=d)
         jj_t = torch.as_tensor(jj, dtype=torch.long, device=d)
-        frames_i = [self.kf.frame(int(i)) for i in ii]
-        frames_j = [self.kf.frame(int(j)) for j in jj]
+        with timed("backend.store_read"):
+            frames_i = [self.kf.frame(int(i)) for i in ii]
+            frames_j = [self.kf.frame(int(j)) for j in jj]
         with timed("backend.prior_pairs"):
             pred = self.prior.symmetric(frames_i, frames_j)  # [4, B, HW, c]: ii, ji, jj, ij
         X, D, Q = pred.X, pred.D, pred.Q
@@ -134,7 +135,8 @@ class FactorGraph:
         Q = torch.cat([self.Q_ii2jj, self.Q_jj2ii])
         p = torch.cat([self.p_ii2jj, self.p_jj2ii]) if self.subpixel else None  # sub-pixel measurements
         ids = unique.tolist()
-        Xs, Cs, T_WC, K = self.kf.stack(ids)
+        with timed("backend.store_read"):
+            Xs, Cs, T_WC, K = self.kf.stack(ids)
         if self.cfg.dynamic.enabled:  # moving pixels (found by the frontend) constrain nothing
             dyn = self.kf.dyn_masks(ids)
             if dyn is not None:
