@@ -216,11 +216,12 @@ class Slam:
             self.store.set("frame_index", index)
 
         if self.mode == Mode.INIT:
-            X, C = self.prior.mono(frame)
-            self.prior.encode(frame)
-            self.fuse(frame, X, C)
-            self._start(frame)
-            idx = self.store.append(frame)
+            with timed("frontend.init"):  # first frame: mono prediction, store, backend and viewer start-up
+                X, C = self.prior.mono(frame)
+                self.prior.encode(frame)
+                self.fuse(frame, X, C)
+                self._start(frame)
+                idx = self.store.append(frame)
             self._set_keyframe(frame, idx)
             self._record(frame, idx, Sim3.identity(1))
             self.backend.submit_keyframe(idx)
@@ -243,7 +244,8 @@ class Slam:
                 with timed("frontend.store_write"):
                     self.store[self.kf_idx] = self.kf  # fused keyframe pointmap -> shared store
                 if self.mask_sink is not None and dynamic.MASK in frame.extras:
-                    self.mask_sink(timestamp, frame.extras[dynamic.MASK].reshape(frame.img_shape).cpu().numpy())
+                    with timed("frontend.mask_write"):
+                        self.mask_sink(timestamp, frame.extras[dynamic.MASK].reshape(frame.img_shape).cpu().numpy())
                 if res.new_keyframe:
                     if self.cfg.dynamic.enabled:
                         dynamic.init_keyframe(self.cfg.dynamic, frame)
