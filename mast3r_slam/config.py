@@ -119,13 +119,13 @@ class DynamicConfig:
     """Moving-object handling (ours; the original assumes a static world). docs/DYNAMIC.md."""
 
     enabled: bool = True
-    rel_thresh: float = 0.15  # |tracked frame point - keyframe point| / range above which a pixel moved
-    border_px: int = 2  # matches within this many pixels of the frame border are not judged
+    rel_thresh: float = 0.15  # a point nearer than (1 - this) x the depth the other view saw there has moved
+    edge_frac: float = 0.012  # ... compared with the minimum depth over a window of this fraction of the width
+    border_px: int = 2  # points projecting within this many pixels of the border are not judged
     keyframe_votes: int = 2  # frames that must flag a keyframe pixel before it leaves the map
     dilate_px: int = 1  # grow the masks by this many pixels (object boundaries are blurred)
     grow_frac: float = 0.05  # spread masks over depth-continuous surfaces by up to this fraction of the width
     grow_depth_tol: float = 0.03  # neighbours within this relative depth belong to the same surface
-    max_ray_angle_deg: float = 1.0  # matches whose predicted rays disagree more (unconverged) are not judged
     resolve: bool = True  # re-solve the tracking pose without the pixels found to move
 
 

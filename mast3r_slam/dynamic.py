@@ -1,20 +1,23 @@
 """Moving-object handling: find pixels that move on their own and keep them out of SLAM.
 
 The original assumes a static world. Here every tracked frame is checked against its keyframe
-with the pose just solved: for a keyframe pixel q matched to frame pixel p, the frame's point
-moved into the keyframe, ``Y = T_kf X_f(p)``, and the keyframe's point ``X_k(q)`` lie on (nearly)
-the same ray; in a static scene their ranges agree up to the prediction's depth error. When they
-are farther apart than ``rel_thresh`` times the range, something moved:
+with the pose just solved, by a free-space test in both directions:
 
-* the frame sees something *nearer* than the keyframe did (``|Y| < |X_k|``): an object has come
-  into frame pixel p -> p is dynamic in the frame;
-* the frame sees something *farther* (``|Y| > |X_k|``): what the keyframe saw at q has gone ->
-  q is dynamic in the keyframe (one vote; ``keyframe_votes`` votes mark it for good).
+* each frame point, moved into the keyframe (``T_kf X_f``) and projected there, is compared with
+  the depth the keyframe saw around that pixel; a point clearly *in front of* everything the
+  keyframe saw occupies space the keyframe saw through, so it was not there at the keyframe's
+  time: it moved in -> the frame pixel is dynamic (the frame's mask);
+* each keyframe point moved into the frame and projected there, likewise against the frame's
+  depth: a keyframe point in front of what the frame sees has gone -> one vote against the
+  keyframe pixel (``keyframe_votes`` votes take it out of the map for good).
 
-Matches that sit on the frame's border (clamped matches, out of view) are not judged. A lateral
-disagreement (the points differ by more than ``rel_thresh`` of the range, but not in range) marks
-both pixels: an object that a two-view network registered onto itself moved between the two
-times. Masks are grown by ``dilate_px``.
+A static scene never violates free space: a point hidden by parallax lies *behind* what the
+other view saw, and is not judged. Depth edges and small pose errors are absorbed by comparing
+with the minimum depth of a small window (``edge_frac`` of the width) and a margin
+(``rel_thresh``). Masks are cleaned of specks and thin lines, spread over depth-continuous
+surfaces (an object flagged where it did not overlap itself is flagged whole; ``grow_frac``) and
+grown by ``dilate_px``. Uncalibrated pointmaps are projected with pinhole intrinsics fitted to
+them (principal point at the centre).
 
 How the masks are used (docs/DYNAMIC.md): tracking solves again without the flagged pixels,
 keyframe fusion leaves flagged keyframe pixels alone, the global optimisation zeroes the
@@ -39,10 +42,10 @@ MASK = "dyn_mask"  # Frame.extras key: bool [HW] dynamic pixels (frame: moving n
 
 @dataclass
 class Judgement:
-    kf_hit: torch.Tensor  # [HW] bool, keyframe pixels whose content has gone (judged this frame)
-    frame_hit_q: torch.Tensor  # [HW] bool, keyframe pixels whose matched frame pixel shows a newcomer
-    frame_mask: torch.Tensor  # [HW] bool, frame pixels that are dynamic (scattered, dilated)
-    judged: torch.Tensor  # [HW] bool, keyframe pixels that could be judged
+    kf_hit: torch.Tensor  # [HW] bool, keyframe pixels whose content has gone (this frame's evidence)
+    frame_mask: torch.Tensor  # [HW] bool, frame pixels that are dynamic (cleaned, grown, dilated)
+    judged_f: torch.Tensor  # [HW] bool, frame pixels that could be judged
+    judged_k: torch.Tensor  # [HW] bool, keyframe pixels that could be judged
 
 
 def dilate(mask: torch.Tensor, H: int, W: int, px: int) -> torch.Tensor:
@@ -94,45 +97,87 @@ def grow_iters(cfg: DynamicConfig, W: int) -> int:
     return int(round(cfg.grow_frac * W))
 
 
+def pinhole(X: torch.Tensor, H: int, W: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Pinhole intrinsics [fx, fy, cx, cy] that best explain a pointmap [HW, 3] (uncalibrated mode).
+
+    The principal point is the image centre; one focal length by least squares over the pixels
+    (u - cx = f x/z, v - cy = f y/z)."""
+    v, u = torch.meshgrid(torch.arange(H, device=X.device, dtype=X.dtype), torch.arange(W, device=X.device, dtype=X.dtype), indexing="ij")
+    cx, cy = (W - 1) / 2, (H - 1) / 2
+    z = X[:, 2]
+    ok = (z > 1e-6) & torch.isfinite(X).all(-1)
+    if valid is not None:
+        ok = ok & valid
+    a = torch.where(ok, X[:, 0] / z.clamp_min(1e-6), 0.0)
+    b = torch.where(ok, X[:, 1] / z.clamp_min(1e-6), 0.0)
+    du, dv = (u.reshape(-1) - cx) * ok, (v.reshape(-1) - cy) * ok
+    f = (du * a + dv * b).sum() / (a * a + b * b).sum().clamp_min(1e-12)
+    return torch.stack([f, f, f.new_tensor(cx), f.new_tensor(cy)])
+
+
+def intrinsics_of(K: torch.Tensor | None, X: torch.Tensor, H: int, W: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """[fx, fy, cx, cy] from K [3, 3] (calibrated) or fitted to the pointmap X."""
+    if K is not None:
+        K = K.reshape(3, 3).to(X.dtype)
+        return torch.stack([K[0, 0], K[1, 1], K[0, 2], K[1, 2]])
+    return pinhole(X, H, W, valid)
+
+
+def free_space_violations(
+    P: torch.Tensor, z_map: torch.Tensor, k: torch.Tensor, H: int, W: int, rel: float, radius: int, border: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points P [N, 3] (in a view's camera) that lie clearly in front of everything that view saw.
+
+    Each point is projected with k = [fx, fy, cx, cy]; the view's depth z_map [HW] is min-pooled over
+    a (2 radius + 1)^2 window (so that depth edges and small projection errors do not count). A point
+    nearer than (1 - rel) times that minimum occupies space the view saw through: it was not there
+    when the view was taken (a static point would have been seen, or would be hidden behind what
+    was seen). Points behind the surface (occluded) or outside the image are not judged.
+    Returns (violation [N] bool, judged [N] bool)."""
+    z = P[:, 2]
+    zs = z.clamp_min(1e-6)
+    u = k[0] * P[:, 0] / zs + k[2]
+    v = k[1] * P[:, 1] / zs + k[3]
+    b = float(border)
+    judged = (z > 1e-6) & torch.isfinite(P).all(-1) & (u >= b) & (u <= W - 1 - b) & (v >= b) & (v <= H - 1 - b)
+    zm = torch.where(z_map > 0, z_map, torch.full_like(z_map, float("inf"))).reshape(1, 1, H, W)
+    zmin = -F.max_pool2d(-zm, 2 * radius + 1, stride=1, padding=radius).reshape(-1) if radius > 0 else zm.reshape(-1)
+    idx = v.round().long().clamp(0, H - 1) * W + u.round().long().clamp(0, W - 1)
+    z_seen = zmin[idx]
+    judged = judged & torch.isfinite(z_seen)
+    return judged & (z < (1.0 - rel) * z_seen), judged
+
+
 def judge(
     cfg: DynamicConfig,
     T_CkCf: torch.Tensor,
-    Xf_match: torch.Tensor,
-    Xk: torch.Tensor,
-    p_match: torch.Tensor,
-    usable: torch.Tensor,
+    X_f: torch.Tensor,
+    X_k: torch.Tensor,
+    k_f: torch.Tensor,
+    k_k: torch.Tensor,
+    usable_f: torch.Tensor,
+    usable_k: torch.Tensor,
     H: int,
     W: int,
-    z_frame: torch.Tensor | None = None,
 ) -> Judgement:
-    """Compare the keyframe's points with the frame's matched points moved by the tracked pose.
+    """Free-space test between a frame and its keyframe with the tracked pose.
 
-    T_CkCf [1, 8] keyframe <- frame; Xf_match [HW, 3] frame points at each keyframe pixel's match
-    (frame camera); Xk [HW, 3] keyframe points (keyframe camera); p_match [HW, 2] (u, v) match in
-    the frame (float or integer); usable [HW] bool (finite, confident predictions).
-    """
-    Y = Sim3.act(T_CkCf.reshape(1, 8), Xf_match)
-    rk = Xk.norm(dim=-1)
-    ry = Y.norm(dim=-1)
-    b = float(cfg.border_px)
-    u, v = p_match[:, 0].float(), p_match[:, 1].float()
-    inside = (u >= b) & (u <= W - 1 - b) & (v >= b) & (v <= H - 1 - b)
-    judged = usable & inside & (rk > 0) & (ry > 0)
-    moved = judged & ((Y - Xk).norm(dim=-1) > cfg.rel_thresh * rk)
-    log_ratio = torch.log(ry.clamp_min(1e-12) / rk.clamp_min(1e-12))
-    half = 0.5 * math.log1p(cfg.rel_thresh)
-    kf_hit = moved & (log_ratio > -half)  # the keyframe's content is not where it was (gone / moved)
-    frame_hit_q = moved & (log_ratio < half)  # the frame's content is not where the keyframe's was
-    # scatter to the frame pixels matched by the flagged keyframe pixels
-    pu = p_match[:, 0].round().long().clamp(0, W - 1)
-    pv = p_match[:, 1].round().long().clamp(0, H - 1)
-    frame_mask = torch.zeros(H * W, dtype=torch.bool, device=Xk.device)
-    frame_mask[(pv * W + pu)[frame_hit_q]] = True
-    frame_mask = clean(frame_mask, H, W)
-    if z_frame is not None:
-        frame_mask = grow(frame_mask, z_frame, H, W, grow_iters(cfg, W), cfg.grow_depth_tol)
+    T_CkCf [1, 8] keyframe <- frame; X_f [HW, 3] the frame's pointmap (frame camera); X_k [HW, 3] the
+    keyframe's (keyframe camera); k_f, k_k [4] their intrinsics [fx, fy, cx, cy]; usable_* [HW] bool
+    (confident, finite). Frame points in front of what the keyframe saw have arrived (frame mask);
+    keyframe points in front of what the frame sees have gone (keyframe hits, votes)."""
+    T = T_CkCf.reshape(1, 8)
+    radius = max(1, int(round(cfg.edge_frac * W)))
+    Y = Sim3.act(T, X_f)  # frame points in the keyframe camera
+    viol_f, judged_f = free_space_violations(Y, X_k[:, 2], k_k, H, W, cfg.rel_thresh, radius, cfg.border_px)
+    Z = Sim3.act(Sim3.inv(T), X_k)  # keyframe points in the frame camera
+    viol_k, judged_k = free_space_violations(Z, X_f[:, 2], k_f, H, W, cfg.rel_thresh, radius, cfg.border_px)
+    frame_hit = viol_f & usable_f
+    kf_hit = viol_k & usable_k
+    frame_mask = clean(frame_hit, H, W)
+    frame_mask = grow(frame_mask, X_f[:, 2], H, W, grow_iters(cfg, W), cfg.grow_depth_tol)
     frame_mask = dilate(frame_mask, H, W, cfg.dilate_px)
-    return Judgement(kf_hit=kf_hit, frame_hit_q=frame_hit_q, frame_mask=frame_mask, judged=judged)
+    return Judgement(kf_hit=kf_hit, frame_mask=frame_mask, judged_f=judged_f & usable_f, judged_k=judged_k & usable_k)
 
 
 def keyframe_mask(keyframe: Frame) -> torch.Tensor | None:

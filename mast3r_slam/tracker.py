@@ -11,7 +11,6 @@ the match initialisation is reset.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -112,11 +111,7 @@ class FrameTracker:
         keep = None
         if self.dyn is not None:
             with timed("frontend.dynamic"):
-                T_CkCf, keep, sol = self._dynamic(
-                    frame, keyframe, T_CkCf, sol, Xf, Xk, p, idx_f2k, confident, sqrt_w, kf_dyn, H, W,
-                    Xf_pred=Xf if not self.use_calib else (sample_pointmap(res_f.X, p, H, W) if p is not None else res_f.X[idx_f2k]),
-                    Xk_in_f=res_k.X,
-                )
+                T_CkCf, keep, sol = self._dynamic(frame, keyframe, T_CkCf, sol, Xf, Xk, p, idx_f2k, sqrt_w, kf_dyn, H, W)
         self.T_CkCf_prev = T_CkCf
         frame.T_WC = Sim3.mul(keyframe.T_WC, T_CkCf)
 
@@ -133,22 +128,23 @@ class FrameTracker:
             self.reset()
         return TrackResult(True, new_kf, T_CkCf, match_frac, kf_frac, iterations=int(sol.num_iters))
 
-    def _dynamic(self, frame, keyframe, T_CkCf, sol, Xf, Xk, p, idx_f2k, confident, sqrt_w, kf_dyn, H, W, Xf_pred, Xk_in_f):
+    def _dynamic(self, frame, keyframe, T_CkCf, sol, Xf, Xk, p, idx_f2k, sqrt_w, kf_dyn, H, W):
         """Find moving pixels with the solved pose; solve again without them if they had weight.
 
         Returns (pose, keyframe pixels fusion must leave alone, solution)."""
-        cfg = self.dyn
+        cfg, tc = self.dyn, self.cfg
+        X_f = frame.X_canon
+        X_k = keyframe.X_canon
+        usable_f = frame.C_avg()[:, 0] > tc.C_conf
+        usable_k = keyframe.C_avg()[:, 0] > tc.C_conf
+        k_f = dynamic.intrinsics_of(frame.K, X_f, H, W, usable_f)
+        k_k = dynamic.intrinsics_of(keyframe.K, X_k, H, W, usable_k)
+        J = dynamic.judge(cfg, T_CkCf, X_f, X_k, k_f, k_k, usable_f, usable_k, H, W)
         if p is None:
             p = torch.stack([idx_f2k % W, torch.div(idx_f2k, W, rounding_mode="floor")], -1)
-        # judge converged matches only: the frame's point at the match and the keyframe's point
-        # predicted in the frame lie on one ray (the network's own cross-view agreement)
-        cos = torch.nn.functional.cosine_similarity(Xf_pred, Xk_in_f, dim=-1)
-        converged = cos > math.cos(math.radians(cfg.max_ray_angle_deg))
-        usable = confident[:, 0] & torch.isfinite(Xf).all(-1) & converged
-        J = dynamic.judge(cfg, T_CkCf, Xf, Xk, p, usable, H, W, z_frame=frame.X_canon[:, 2])
         pix = p.float().round().long()
         pix_idx = pix[:, 1].clamp(0, H - 1) * W + pix[:, 0].clamp(0, W - 1)
-        excluded = J.kf_hit | J.frame_hit_q | J.frame_mask[pix_idx]
+        excluded = J.kf_hit | J.frame_mask[pix_idx]  # keyframe pixels that moved or whose match moved
         if cfg.resolve:
             lost_weight = float((sqrt_w[:, 0] * excluded).sum() / sqrt_w.sum().clamp_min(1e-12))
             if lost_weight > 1e-3:  # one host read per frame, not per iteration
@@ -158,7 +154,7 @@ class FrameTracker:
                     sol = sol2
                     T_CkCf = sol2.T_CkCf.reshape(1, 8)
         frame.extras[dynamic.MASK] = J.frame_mask
-        dynamic.add_votes(cfg, keyframe, J.kf_hit, H, W, z=keyframe.X_canon[:, 2])
+        dynamic.add_votes(cfg, keyframe, J.kf_hit, H, W, z=X_k[:, 2])
         keep = J.kf_hit if kf_dyn is None else J.kf_hit | kf_dyn.reshape(-1)
         return T_CkCf, keep, sol
 
