@@ -121,6 +121,7 @@ class DynamicConfig:
     enabled: bool = True
     rel_thresh: float = 0.15  # a point nearer than (1 - this) x the depth the other view saw there has moved
     edge_frac: float = 0.012  # ... compared with the minimum depth over a window of this fraction of the width
+    edge_depth_tol: float = 0.05  # pixels near a relative depth jump above this (blurred edges) are not judged
     border_px: int = 2  # points projecting within this many pixels of the border are not judged
     keyframe_votes: int = 2  # frames that must flag a keyframe pixel before it leaves the map
     dilate_px: int = 1  # grow the masks by this many pixels (object boundaries are blurred)

@@ -123,6 +123,23 @@ def intrinsics_of(K: torch.Tensor | None, X: torch.Tensor, H: int, W: int, valid
     return pinhole(X, H, W, valid)
 
 
+def depth_edges(z: torch.Tensor, H: int, W: int, tol: float, px: int) -> torch.Tensor:
+    """[HW] bool: pixels within ``px`` of a relative depth jump > ``tol`` between 4-neighbours.
+
+    Pointmaps blur depth edges (a network does, and the stand-in imitates it): the pixels there
+    have depths between the two surfaces and fail any free-space test, so they are not judged."""
+    lz = torch.log(z.reshape(H, W).clamp_min(1e-6))
+    t = math.log1p(tol)
+    e = torch.zeros(H, W, dtype=torch.bool, device=z.device)
+    jx = (lz[:, 1:] - lz[:, :-1]).abs() > t
+    jy = (lz[1:] - lz[:-1]).abs() > t
+    e[:, 1:] |= jx
+    e[:, :-1] |= jx
+    e[1:] |= jy
+    e[:-1] |= jy
+    return dilate(e.reshape(-1), H, W, px)
+
+
 def free_space_violations(
     P: torch.Tensor, z_map: torch.Tensor, k: torch.Tensor, H: int, W: int, rel: float, radius: int, border: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,6 +189,9 @@ def judge(
     viol_f, judged_f = free_space_violations(Y, X_k[:, 2], k_k, H, W, cfg.rel_thresh, radius, cfg.border_px)
     Z = Sim3.act(Sim3.inv(T), X_k)  # keyframe points in the frame camera
     viol_k, judged_k = free_space_violations(Z, X_f[:, 2], k_f, H, W, cfg.rel_thresh, radius, cfg.border_px)
+    edge_px = max(1, int(round(cfg.edge_frac * W)))
+    usable_f = usable_f & ~depth_edges(X_f[:, 2], H, W, cfg.edge_depth_tol, edge_px)
+    usable_k = usable_k & ~depth_edges(X_k[:, 2], H, W, cfg.edge_depth_tol, edge_px)
     frame_hit = viol_f & usable_f
     kf_hit = viol_k & usable_k
     frame_mask = clean(frame_hit, H, W)

@@ -39,10 +39,13 @@ def _pair(shift: float, box_move: float, noise: float = 0.0, seed: int = 0):
     c = torch.tensor([shift, 0.05, -0.1], dtype=torch.float64)
     X_k, box_k = _render(torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0.0)
     X_f, box_f = _render(R, c, box_move)
-    if noise:
+    if noise:  # smooth depth error of std ``noise`` (different in the two views) + 0.3 % per pixel
         gen = torch.Generator().manual_seed(seed)
-        X_k = X_k * (1 + noise * torch.randn(H * W, 1, generator=gen))
-        X_f = X_f * (1 + noise * torch.randn(H * W, 1, generator=gen))
+        for X in (X_k, X_f):
+            a, b = torch.rand(2, generator=gen) * 6.28
+            v, u = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+            smooth = (torch.sin(u / 9.0 + a) * torch.cos(v / 7.0 + b)).reshape(-1, 1) * 2 * noise
+            X *= 1 + smooth + 0.003 * torch.randn(H * W, 1, generator=gen)
     T = torch.eye(4, dtype=torch.float64)
     T[:3, :3], T[:3, 3] = R, c
     T_kf = Sim3.from_matrix(T[None].float())  # keyframe <- frame
