@@ -227,3 +227,44 @@ def init_keyframe(cfg: DynamicConfig, frame: Frame) -> None:
     if m is None:
         return
     frame.extras[VOTES] = m.reshape(-1).to(torch.int16) * cfg.keyframe_votes
+
+
+def cross_check(cfg: DynamicConfig, keyframes: list[Frame], offsets: tuple[int, ...] = (-2, -1, 1, 2), batch: int = 32) -> int:
+    """Map clean-up at the end of a run: test each keyframe against its neighbouring keyframes.
+
+    Keyframes are farther apart in time than a frame and its keyframe, so an object that moved
+    too little while its keyframe was being tracked has usually moved by then. With the final
+    poses, every keyframe's points are projected into each neighbour (``offsets`` in keyframe
+    order); points in front of what a neighbour saw have gone and join the keyframe's dynamic
+    mask (cleaned and grown like the tracking masks). Returns the number of pixels added.
+    """
+    n = len(keyframes)
+    if n < 2 or not cfg.enabled:
+        return 0
+    H, W = keyframes[0].img_shape
+    dev = keyframes[0].X_canon.device
+    radius = max(1, int(round(cfg.edge_frac * W)))
+    added = 0
+    for lo in range(0, n, batch):
+        ids = list(range(lo, min(lo + batch, n)))
+        hits = torch.zeros(len(ids), H * W, dtype=torch.bool, device=dev)
+        for off in offsets:
+            pairs = [(a, i + off) for a, i in enumerate(ids) if 0 <= i + off < n]
+            for a, j in pairs:  # per pair: projection + pooled lookup, all pixels at once
+                fi, fj = keyframes[ids[a]], keyframes[j]
+                Ti, Tj = fi.T_WC.reshape(1, 8).to(dev), fj.T_WC.reshape(1, 8).to(dev)
+                P = Sim3.act(Sim3.mul(Sim3.inv(Tj), Ti), fi.X_canon)
+                ok_j = fj.C_avg()[:, 0] > 1.0
+                k_j = intrinsics_of(fj.K, fj.X_canon, H, W, ok_j)
+                viol, _ = free_space_violations(P, fj.X_canon[:, 2], k_j, H, W, cfg.rel_thresh, radius, cfg.border_px)
+                usable = ~depth_edges(fi.X_canon[:, 2], H, W, cfg.edge_depth_tol, radius)
+                hits[a] |= viol & usable
+        for a, i in enumerate(ids):
+            f = keyframes[i]
+            m = clean(hits[a], H, W)
+            m = dilate(grow(m, f.X_canon[:, 2], H, W, grow_iters(cfg, W), cfg.grow_depth_tol), H, W, cfg.dilate_px)
+            old = f.extras.get(MASK)
+            new = m if old is None else (m | old.reshape(-1).to(dev))
+            added += int(new.sum()) - (0 if old is None else int(old.sum()))
+            f.extras[MASK] = new
+    return added

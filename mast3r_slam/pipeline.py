@@ -148,6 +148,10 @@ def run(
             result = slam.finish(wait_backend=status == "completed" or status.startswith("stopped"), timeout=None if status == "completed" else 10)
             metrics = _metrics(result, dataset, cfg, prior, dev, status)
             if writer is not None:
+                if cfg.dynamic.enabled and status == "completed":  # map clean-up with the final poses
+                    from .dynamic import cross_check
+
+                    metrics["dynamic_pixels_cross_check"] = cross_check(cfg.dynamic, result.keyframes)
                 kfs = [MapKeyframe.from_frame(f) for f in result.keyframes]
                 valid = result.frame_valid
                 writer.write_all(

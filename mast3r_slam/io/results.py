@@ -11,7 +11,7 @@ Layout of ``<out_dir>/`` (see docs/DATASETS.md)::
     keyframes/<timestamp>.npz     depth [H,W], confidence [H,W], pointmap [H,W,3] (camera frame),
                                   T_WC [8] Sim(3), K [3,3] (NaN when uncalibrated), timestamp, rgb,
                                   dynamic [H,W] bool (pixels left out of the map as moving)
-    dynamic_masks/<timestamp>.png every tracked frame's moving pixels (255), when dynamic handling is on
+    dynamic_masks/<timestamp>.png a tracked frame's moving pixels (255); frames without a file had none
     metrics.json                  run statistics (frames, keyframes, fps, ATE, prior, ...)
 
 :class:`ResultsWriter` writes each part independently (so the pipeline can write at the end,
@@ -294,16 +294,21 @@ class ResultsWriter:
             atomic_write_bytes(folder / f"{stem}.npz", buf.getvalue())
         return folder
 
-    def write_dynamic_mask(self, timestamp: str, mask: np.ndarray) -> Path:
-        """``dynamic_masks/<timestamp>.png``: one frame's moving pixels (255) at network resolution."""
+    def write_dynamic_mask(self, timestamp: str, mask: np.ndarray) -> Path | None:
+        """``dynamic_masks/<timestamp>.png``: one frame's moving pixels (255) at network resolution.
+
+        Only frames with moving pixels get a file (a frame without one had none), written
+        directly (no temporary file: a mask is small and this runs every frame)."""
+        mask = np.asarray(mask, bool)
+        if not mask.any():
+            return None
         import cv2
 
         folder = self.path("dynamic_masks")
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
         p = folder / f"{safe_name(timestamp)}.png"
-        ok, buf = cv2.imencode(".png", np.asarray(mask, bool).astype(np.uint8) * 255, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-        if ok:
-            atomic_write_bytes(p, buf.tobytes())
+        cv2.imwrite(str(p), mask.astype(np.uint8) * 255, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         return p
 
     def write_metrics(self, metrics: dict, merge: bool = True) -> Path:

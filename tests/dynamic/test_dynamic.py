@@ -166,3 +166,23 @@ def test_oracle_registers_moving_objects_onto_the_first_view():
         dist[mode] = float(torch.cdist(b.X[lab >= 0], a.X).min(1).values.median())
     assert dist["registered"] < 0.02  # the object's view-2 points sit on its view-1 surface
     assert dist["physical"] > 0.05  # ... or where the object was at view 2's time
+
+
+def _keyframe(X, T, fid):
+    return Frame(frame_id=fid, img=torch.zeros(1, 3, H, W), uimg=torch.zeros(H, W, 3), img_shape=(H, W), T_WC=T,
+                 X_canon=X, C=torch.full((H * W, 1), 5.0), N=1)
+
+
+@pytest.mark.parametrize("moved", [False, True])
+def test_cross_check_cleans_the_map_with_neighbouring_keyframes(moved):
+    X_a, box_a = _render(torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0.0)
+    c = torch.tensor([0.2, 0.0, 0.0], dtype=torch.float64)
+    X_b, _ = _render(torch.eye(3, dtype=torch.float64), c, 0.8 if moved else 0.0)
+    T_b = torch.tensor([[0.2, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]])
+    kfs = [_keyframe(X_a, Sim3.identity(1), 0), _keyframe(X_b, T_b, 1)]
+    added = dynamic.cross_check(DynamicConfig(), kfs)
+    m = kfs[0].extras[dynamic.MASK]
+    if not moved:
+        assert added == 0 and not m.any() and not kfs[1].extras[dynamic.MASK].any()
+    else:  # keyframe a's board is in front of the wall keyframe b sees there: gone
+        assert m[box_a].float().mean() > 0.8 and not (m & ~dynamic.dilate(box_a, H, W, 1)).any()

@@ -246,10 +246,11 @@ def test_black_frames_give_no_usable_prediction(make_seq):
 
 
 def test_moving_objects_are_predicted_at_their_own_time(make_seq):
+    """moving_objects="physical" (the default "registered" is tested in tests/dynamic)."""
     ds = make_seq(DYN)
     cov = np.array(ds.moving_objects()["mask_coverage"])
     i = int(np.argmax(np.minimum(cov[:-1], cov[1:])))  # the object is in both frames
-    prior = make_oracle_prior(ds, {"exact": True, "img_size": IMG})
+    prior = make_oracle_prior(ds, {"exact": True, "img_size": IMG, "moving_objects": "physical"})
     fi, fj = create_frame(i, ds[i].rgb, img_size=IMG), create_frame(i + 1, ds[i + 1].rgb, img_size=IMG)
     _, res_ji = prior.asymmetric(fi, fj)
     mask = torch.from_numpy(ds.dynamic_mask(i + 1)[4:68].reshape(-1))
