@@ -193,6 +193,57 @@ def check_exact(chk: Checker, old_ext, new_ext, old_match, problems: dict, fixtu
         chk.equal(f"random iter_proj iters={it}", new_ext.iter_proj(rays, target, p0, it, 1e-8, 1e-6), old_ext.iter_proj(rays, target, p0, it, 1e-8, 1e-6))
 
 
+def check_fused(chk: Checker, ext, problems: dict, fixtures: dict | None) -> None:
+    """The fused CUDA paths (ext.prepare_rays, ext.match_project + ext.refine_matches_lin) against
+    the op-by-op path of the same module (matching._FUSED = False), bit for bit; prepare_rays also
+    with the other norm summation orders (informational: 'mode k' lines, not counted)."""
+    dev = torch.device("cuda")
+    use_kernels(ext)
+    cases = dict(problems)
+    if fixtures:
+        for pair in ("01", "13"):
+            cases[f"fixture_{pair}"] = tuple(fixtures[f"{k}_{pair}"].to(dev) for k in ("X11", "X21", "D11", "D21"))
+    gen = torch.Generator().manual_seed(5)
+    B, H, W, F = 2, 41, 57, 24
+    X11 = torch.randn(B, H, W, 3, generator=gen) * 0.02 + torch.tensor([0.0, 0.0, 3.0])
+    gy, gx = torch.meshgrid(torch.linspace(-1, 1, H), torch.linspace(-1.3, 1.3, W), indexing="ij")
+    X11 = X11 + torch.stack([gx, gy, torch.zeros(H, W)], -1)
+    X11[1, 5:8, 9:12] = float("nan")
+    X11[0, 0, 0] = 0.0  # zero vector: clamp_min(eps)
+    X21 = X11 + 0.01 * torch.randn(B, H, W, 3, generator=gen)
+    D11 = torch.nn.functional.normalize(torch.randn(B, H, W, F, generator=gen), dim=-1)
+    D21 = torch.nn.functional.normalize(D11 + 0.3 * torch.randn(B, H, W, F, generator=gen), dim=-1)
+    cases["random_nan"] = tuple(t.to(dev) for t in (X11, X21, D11, D21))
+    cfg = dict(bench_kernels.MATCH_CFG)
+    for name, (X11, X21, D11, D21) in cases.items():
+        B, H, W, _ = X11.shape
+        matching._FUSED = False
+        ref_rays = matching.prepare_rays(X11, X21)
+        init = torch.randint(-3, H * W + 3, (B, H * W), device=dev, generator=torch.Generator(dev).manual_seed(2))
+        variants = {
+            "match": ((X11, X21, D11, D21), cfg),
+            "match idx_init revalidate": ((X11, X21, D11, D21, init), dict(cfg, revalidate=True)),
+            "match fp16 in": ((X11, X21, D11.half(), D21.half()), cfg),
+            "match radius 0": ((X11, X21, D11, D21), dict(cfg, radius=0)),
+            "match F=12 fallback": ((X11, X21, D11[..., :12], D21[..., :12]), cfg),
+            "match fp32 refine": ((X11, X21, D11, D21, init), dict(cfg, fp16_descriptors=False, revalidate=True)),
+        }
+        refs = {k: matching.match(*a, **kw) for k, (a, kw) in variants.items()}
+        matching._FUSED = True
+        chk.equal(f"{name}: fused prepare_rays", matching.prepare_rays(X11, X21), ref_rays)
+        for mode in range(4):
+            got = ext.prepare_rays(X11.contiguous(), X21.contiguous(), mode)
+            same = all(torch.equal(a, b) for a, b in zip(got, ref_rays))
+            print(f"       mode {mode}: prepare_rays {'equal' if same else 'differs'}", flush=True)
+        for k, (a, kw) in variants.items():
+            chk.equal(f"{name}: fused {k}", matching.match(*a, **kw), refs[k])
+        matching._TILED = not matching._TILED
+        for k in ("match", "match idx_init revalidate", "match fp16 in"):
+            a, kw = variants[k]
+            chk.equal(f"{name}: fused {k} (tiled={matching._TILED})", matching.match(*a, **kw), refs[k])
+        matching._TILED = not matching._TILED
+
+
 # ----------------------------------------------------------------------------------------------
 # timing
 # ----------------------------------------------------------------------------------------------
@@ -212,6 +263,14 @@ def bench(problems: dict, kernels: dict, pys: dict, warmup: int, repeat: int) ->
             out[f"{pname}/iter_proj/{kl}"] = g
             g, _ = time_ms(lambda: ext.refine_matches(d11, d21, p1, 3, 5), warmup, repeat)
             out[f"{pname}/refine_fp16/{kl}"] = g
+        for kl, ext in kernels.items():
+            if hasattr(ext, "refine_matches_lin"):  # as match passes them: float32 descriptors, cast in the packing
+                d11f, d21f = D11.float().contiguous(), D21.reshape(B, H * W, -1).float().contiguous()
+                for tiled in (False, True):
+                    g, _ = time_ms(lambda: ext.refine_matches_lin(d11f, d21f, p1, 3, 5, tiled), warmup, repeat)
+                    out[f"{pname}/refine_lin{'_tiled' if tiled else ''}/{kl}"] = g
+                g, _ = time_ms(lambda: ext.match_project(X11, X21, None, 10, 1e-8, 1e-6, 0.1, matching._NORM_MODE), warmup, repeat)
+                out[f"{pname}/match_project/{kl}"] = g
         for pl, mod in pys.items():
             g, h = time_ms(lambda: mod.prepare_rays(X11, X21), warmup, repeat)
             out[f"{pname}/prepare_rays/{pl}"] = g
@@ -299,6 +358,9 @@ def main(argv=None) -> int:
         for label, ext in variants.items():
             print(f"exactness of variant {label} vs baseline:", flush=True)
             check_exact(chk, old_ext, ext, None, problems, fixtures)
+        if hasattr(new_ext, "match_project"):
+            print("exactness of the fused paths vs the op-by-op path:", flush=True)
+            check_fused(chk, new_ext, problems, fixtures)
         ok = chk.ok
         print(f"exactness: {'all equal' if ok else 'DIFFERENCES'} ({sum(r[1] for r in chk.results)}/{len(chk.results)})", flush=True)
     kernels = {"new": new_ext}

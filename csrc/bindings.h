@@ -28,6 +28,13 @@ std::vector<at::Tensor> iter_proj_cuda(const at::Tensor& rays_with_grad, const a
                                        int64_t max_iter, double lambda_init, double cost_thresh);
 at::Tensor refine_matches_cuda(const at::Tensor& D11, const at::Tensor& D21, const at::Tensor& p1, int64_t radius,
                                int64_t dilation_max);
+// fused paths of matching.prepare_rays / matching.match (norm_mode: see matching.cu)
+std::vector<at::Tensor> prepare_rays_cuda(const at::Tensor& X11, const at::Tensor& X21, int64_t norm_mode);
+std::vector<at::Tensor> match_project_cuda(const at::Tensor& X11, const at::Tensor& X21, const c10::optional<at::Tensor>& idx_init,
+                                           int64_t max_iter, double lambda_init, double cost_thresh, double dist_thresh,
+                                           int64_t norm_mode);
+at::Tensor refine_matches_lin_cuda(const at::Tensor& D11, const at::Tensor& D21, const at::Tensor& p1, int64_t radius,
+                                   int64_t dilation_max, bool tiled);
 
 // gn.cu: global Gauss-Newton; Twc is updated in place, the last step [n-1, 7] is returned. p_ii2jj
 // (optional [E, HW, 2] float32 sub-pixel matches) replaces the measurement Xs[ii][idx] by the

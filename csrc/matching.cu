@@ -94,29 +94,14 @@ __device__ __forceinline__ void sample9(const float4* __restrict__ pa, const flo
   s[8] = interp(b, c11, c12, c21, c22);
 }
 
-// Per query: max_iter LM steps. The original interpolates the 9 channels at the current position
-// and the 3 ray channels at the proposal in every iteration; here the 9 channels are interpolated
-// at the proposal only and kept when it is accepted (the same numbers: the next iteration of the
+// Per query: max_iter LM steps from (u, v) (already clamped); updates (u, v) and returns the
+// converged flag. The original interpolates the 9 channels at the current position and the 3 ray
+// channels at the proposal in every iteration; here the 9 channels are interpolated at the
+// proposal only and kept when it is accepted (the same numbers: the next iteration of the
 // original re-interpolates exactly there), 9 instead of 12 channels per iteration.
-__global__ void iter_proj_kernel(const float4* __restrict__ plane_a,  // [B, HW] packed ray image
-                                 const float4* __restrict__ plane_b,  // [B, HW]
-                                 const float* __restrict__ plane_c,  // [B, HW]
-                                 const float* __restrict__ target_rays,  // [B, N, 3]
-                                 const float* __restrict__ p_init,  // [B, N, 2]
-                                 float* __restrict__ p_out,  // [B, N, 2]
-                                 bool* __restrict__ converged,  // [B, N]
-                                 int H, int W, int N, int max_iter, float lambda_init, float cost_thresh) {
-  const int n = blockIdx.x * blockDim.x + threadIdx.x;
-  const int b = blockIdx.y;
-  if (n >= N) return;
-  const int64_t img = static_cast<int64_t>(b) * H * W;
-  const float4* pa = plane_a + img;
-  const float4* pb = plane_b + img;
-  const float* pc = plane_c + img;
-  const int64_t q = static_cast<int64_t>(b) * N + n;
-  const float target[3] = {target_rays[3 * q], target_rays[3 * q + 1], target_rays[3 * q + 2]};
-  float u = clampf(p_init[2 * q], 1.0f, W - 2.0f);
-  float v = clampf(p_init[2 * q + 1], 1.0f, H - 2.0f);
+__device__ __forceinline__ bool lm_iterate(const float4* __restrict__ pa, const float4* __restrict__ pb, const float* __restrict__ pc,
+                                           const float* target, float& u, float& v, int H, int W, int max_iter, float lambda_init,
+                                           float cost_thresh) {
   float lambda = lambda_init;
   bool conv = false;
   if (max_iter > 0) {
@@ -155,9 +140,173 @@ __global__ void iter_proj_kernel(const float4* __restrict__ plane_a,  // [B, HW]
       }
     }
   }
+  return conv;
+}
+
+__global__ void iter_proj_kernel(const float4* __restrict__ plane_a,  // [B, HW] packed ray image
+                                 const float4* __restrict__ plane_b,  // [B, HW]
+                                 const float* __restrict__ plane_c,  // [B, HW]
+                                 const float* __restrict__ target_rays,  // [B, N, 3]
+                                 const float* __restrict__ p_init,  // [B, N, 2]
+                                 float* __restrict__ p_out,  // [B, N, 2]
+                                 bool* __restrict__ converged,  // [B, N]
+                                 int H, int W, int N, int max_iter, float lambda_init, float cost_thresh) {
+  const int n = blockIdx.x * blockDim.x + threadIdx.x;
+  const int b = blockIdx.y;
+  if (n >= N) return;
+  const int64_t img = static_cast<int64_t>(b) * H * W;
+  const int64_t q = static_cast<int64_t>(b) * N + n;
+  const float target[3] = {target_rays[3 * q], target_rays[3 * q + 1], target_rays[3 * q + 2]};
+  float u = clampf(p_init[2 * q], 1.0f, W - 2.0f);
+  float v = clampf(p_init[2 * q + 1], 1.0f, H - 2.0f);
+  const bool conv = lm_iterate(plane_a + img, plane_b + img, plane_c + img, target, u, v, H, W, max_iter, lambda_init, cost_thresh);
   p_out[2 * q] = u;
   p_out[2 * q + 1] = v;
   converged[q] = conv;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Fused preparation (matching.prepare_rays / match): F.normalize of the points and the reflect-
+// padded 3x3 gradient convolutions in one kernel, with PyTorch's arithmetic so that the results
+// are bit-identical:
+// - F.normalize(x) = x / clamp_min(||x||, 1e-12), ||x|| from ATen's reduction kernel. For a
+//   reduction over 3 contiguous floats it runs 2 threads per output (block width last_pow2(3)):
+//   thread 0 sums x0^2 and x2^2, thread 1 has x1^2, then a shuffle adds the two, so
+//   ||x|| = sqrt((x0^2 + x2^2) + x1^2), each operation rounded (norm_mode 0). Modes 1-3 are the
+//   other plausible orders, kept for verification on a new PyTorch version (bench_match_kernels.py
+//   --norm-modes); torch.linalg.norm of match's distance check uses the same reduction.
+// - the depthwise conv2d kernel accumulates `value += w * x` (an FMA) over the 3x3 taps, rows
+//   outer, starting from 0, all 9 taps (0 * NaN propagates NaN as in PyTorch).
+// ------------------------------------------------------------------------------------------------
+__device__ __forceinline__ float norm3(float x0, float x1, float x2, int mode) {
+  const float a = __fmul_rn(x0, x0), b = __fmul_rn(x1, x1), c = __fmul_rn(x2, x2);
+  float s;
+  switch (mode) {
+    case 1: s = __fadd_rn(__fadd_rn(a, b), c); break;
+    case 2: s = __fmaf_rn(x2, x2, __fmaf_rn(x1, x1, a)); break;
+    case 3: s = __fadd_rn(__fmaf_rn(x2, x2, a), b); break;
+    default: s = __fadd_rn(__fadd_rn(a, c), b); break;
+  }
+  return __fsqrt_rn(s);
+}
+
+__device__ __forceinline__ void unit3(const float* __restrict__ x, int mode, float* r) {
+  const float x0 = __ldg(x), x1 = __ldg(x + 1), x2 = __ldg(x + 2);
+  float n = norm3(x0, x1, x2, mode);
+  n = n < 1e-12f ? 1e-12f : n;  // clamp_min(eps); NaN stays NaN
+  r[0] = __fdiv_rn(x0, n);
+  r[1] = __fdiv_rn(x1, n);
+  r[2] = __fdiv_rn(x2, n);
+}
+
+__device__ __forceinline__ int reflect_index(int i, int n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
+
+// One thread per pixel (x, y) of image b. kPlanes: write the packed planes of iter_proj (match);
+// otherwise rays_with_grad [B, H, W, 9] and the normalised X21 (prepare_rays).
+template <bool kPlanes>
+__global__ void prep_rays_kernel(const float* __restrict__ X11,  // [B, H, W, 3]
+                                 const float* __restrict__ X21,  // [B, H, W, 3] (only !kPlanes)
+                                 float4* __restrict__ plane_a, float4* __restrict__ plane_b, float* __restrict__ plane_c,
+                                 float* __restrict__ rays9,  // [B, H, W, 9] (!kPlanes)
+                                 float* __restrict__ target,  // [B, HW, 3] (!kPlanes)
+                                 int H, int W, int mode) {
+  const int x = blockIdx.x * blockDim.x + threadIdx.x;
+  const int y = blockIdx.y;
+  const int b = blockIdx.z;
+  if (x >= W) return;
+  const int64_t img = static_cast<int64_t>(b) * H * W;
+  const float* src = X11 + 3 * img;
+  const int xs[3] = {reflect_index(x - 1, W), x, reflect_index(x + 1, W)};
+  const int ys[3] = {reflect_index(y - 1, H), y, reflect_index(y + 1, H)};
+  float r[3][3][3];  // [kH][kW][channel]
+#pragma unroll
+  for (int i = 0; i < 3; i++) {
+#pragma unroll
+    for (int j = 0; j < 3; j++) unit3(src + 3 * (static_cast<int64_t>(ys[i]) * W + xs[j]), mode, r[i][j]);
+  }
+  // _SCHARR / 32 (exact in float): kx[kH][kW], ky = kx^T
+  const float kx[3][3] = {{-0.09375f, 0.0f, 0.09375f}, {-0.3125f, 0.0f, 0.3125f}, {-0.09375f, 0.0f, 0.09375f}};
+  float gx[3], gy[3];
+#pragma unroll
+  for (int c = 0; c < 3; c++) {
+    float ax = 0.0f, ay = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 3; i++) {
+#pragma unroll
+      for (int j = 0; j < 3; j++) {
+        ax = __fmaf_rn(kx[i][j], r[i][j][c], ax);
+        ay = __fmaf_rn(kx[j][i], r[i][j][c], ay);
+      }
+    }
+    gx[c] = ax;
+    gy[c] = ay;
+  }
+  const int64_t i = img + static_cast<int64_t>(y) * W + x;
+  if (kPlanes) {
+    plane_a[i] = make_float4(r[1][1][0], r[1][1][1], r[1][1][2], gx[0]);
+    plane_b[i] = make_float4(gx[1], gx[2], gy[0], gy[1]);
+    plane_c[i] = gy[2];
+  } else {
+    float* o = rays9 + 9 * i;
+    o[0] = r[1][1][0]; o[1] = r[1][1][1]; o[2] = r[1][1][2];
+    o[3] = gx[0]; o[4] = gx[1]; o[5] = gx[2];
+    o[6] = gy[0]; o[7] = gy[1]; o[8] = gy[2];
+    unit3(X21 + 3 * i, mode, target + 3 * i);
+  }
+}
+
+// match's projective stage for every pixel q of image 2 (N = HW): start at the identity or at
+// idx_init (lin_to_pixel: floor division and modulo), the LM iterations on the packed planes with
+// the normalised X21(q) as target, then the epilogue of match(): p1 = truncated position,
+// lin = u + W v, valid = converged && ||X11(p1) - X21(q)|| < dist_thresh (float32 compare).
+__global__ void match_project_kernel(const float4* __restrict__ plane_a, const float4* __restrict__ plane_b,
+                                     const float* __restrict__ plane_c,
+                                     const float* __restrict__ X11,  // [B, HW, 3]
+                                     const float* __restrict__ X21,  // [B, HW, 3]
+                                     const int64_t* __restrict__ idx_init,  // [B, HW] or nullptr (identity)
+                                     int64_t* __restrict__ p1_out,  // [B, HW, 2]
+                                     int64_t* __restrict__ lin_out,  // [B, HW]
+                                     bool* __restrict__ conv_out,  // [B, HW]
+                                     bool* __restrict__ valid_out,  // [B, HW]
+                                     int H, int W, int max_iter, float lambda_init, float cost_thresh, float dist_thresh, int mode) {
+  const int n = blockIdx.x * blockDim.x + threadIdx.x;
+  const int b = blockIdx.y;
+  const int N = H * W;
+  if (n >= N) return;
+  const int64_t img = static_cast<int64_t>(b) * N;
+  const int64_t q = img + n;
+  float target[3];
+  unit3(X21 + 3 * q, mode, target);
+  float u0, v0;
+  if (idx_init != nullptr) {
+    const int64_t idx = idx_init[q];
+    int64_t vi = idx / W;
+    int64_t ui = idx - vi * W;
+    if (ui < 0) {  // Python's floor semantics for negative indices
+      ui += W;
+      vi -= 1;
+    }
+    u0 = static_cast<float>(ui);
+    v0 = static_cast<float>(vi);
+  } else {
+    const int vi = n / W;
+    u0 = static_cast<float>(n - vi * W);
+    v0 = static_cast<float>(vi);
+  }
+  float u = clampf(u0, 1.0f, W - 2.0f);
+  float v = clampf(v0, 1.0f, H - 2.0f);
+  const bool conv = lm_iterate(plane_a + img, plane_b + img, plane_c + img, target, u, v, H, W, max_iter, lambda_init, cost_thresh);
+  const int64_t pu = static_cast<int64_t>(u), pv = static_cast<int64_t>(v);  // truncation (.long())
+  const int64_t lin = pu + static_cast<int64_t>(W) * pv;
+  const float* xp = X11 + 3 * (img + lin);
+  const float* xq = X21 + 3 * q;
+  const float dist = norm3(__fsub_rn(__ldg(xp), __ldg(xq)), __fsub_rn(__ldg(xp + 1), __ldg(xq + 1)),
+                           __fsub_rn(__ldg(xp + 2), __ldg(xq + 2)), mode);
+  p1_out[2 * q] = pu;
+  p1_out[2 * q + 1] = pv;
+  lin_out[q] = lin;
+  conv_out[q] = conv;
+  valid_out[q] = conv && (dist < dist_thresh);
 }
 
 // Dot product with the original's rounding: float16 after every multiply and every add.
@@ -254,19 +403,11 @@ __device__ __forceinline__ __half dot8(const __half2* q, const uint4& x, __half 
   return s;
 }
 
+// The query descriptor as 4 kVec half2 (channels 2m, 2m + 1): from 16-byte groups (the float16
+// tensor, aligned), from float16 scalars (any alignment) or from float32 (cast to float16 with
+// round-to-nearest-even, as Tensor.to(torch.float16)).
 template <int kVec>
-__global__ void refine_half_kernel(const uint4* __restrict__ D11p,  // [B, kVec, HW] (8 halves each)
-                                   const uint4* __restrict__ D21,  // [B, N, kVec]
-                                   const int64_t* __restrict__ p1,  // [B, N, 2]
-                                   int64_t* __restrict__ p1_new,  // [B, N, 2]
-                                   int H, int W, int N, int radius, int dilation_max) {
-  const int n = blockIdx.x * blockDim.x + threadIdx.x;
-  const int b = blockIdx.y;
-  if (n >= N) return;
-  const int HW = H * W;
-  const uint4* img = D11p + static_cast<int64_t>(b) * kVec * HW;
-  const int64_t q = static_cast<int64_t>(b) * N + n;
-  __half2 qd[4 * kVec];
+__device__ __forceinline__ void load_query(const uint4* __restrict__ D21, int64_t q, __half2* qd) {
 #pragma unroll
   for (int k = 0; k < kVec; k++) {
     const uint4 x = D21[q * kVec + k];
@@ -275,6 +416,55 @@ __global__ void refine_half_kernel(const uint4* __restrict__ D11p,  // [B, kVec,
     qd[4 * k + 2] = as_half2(x.z);
     qd[4 * k + 3] = as_half2(x.w);
   }
+}
+
+template <int kVec>
+__device__ __forceinline__ void load_query(const __half* __restrict__ D21, int64_t q, __half2* qd) {
+  const __half* s = D21 + q * (8 * kVec);
+#pragma unroll
+  for (int m = 0; m < 4 * kVec; m++) qd[m] = __halves2half2(s[2 * m], s[2 * m + 1]);
+}
+
+template <int kVec>
+__device__ __forceinline__ void load_query(const float* __restrict__ D21, int64_t q, __half2* qd) {
+  const float* s = D21 + q * (8 * kVec);
+#pragma unroll
+  for (int m = 0; m < 4 * kVec; m++) qd[m] = __halves2half2(__float2half_rn(__ldg(s + 2 * m)), __float2half_rn(__ldg(s + 2 * m + 1)));
+}
+
+// kOut: 0 = pixels [B, N, 2] (refine_matches), 1 = linear indices u + W v [B, N] (match's output),
+// 2 = linear indices with N = HW and each block on a kTileW x kTileH tile of query pixels
+// (blockIdx.x = tile index): the candidate windows of a block's queries then overlap far more than
+// along one image row (footprint (16 + 30) x (8 + 30) pixels per 128 queries at radius 3,
+// dilation 5, instead of (128 + 30) x 31), so more candidate loads hit L1. Per-query arithmetic is
+// the same in every mode.
+constexpr int kTileW = 16;
+constexpr int kTileH = kMatchThreads / kTileW;
+
+template <int kVec, typename TQ, int kOut>
+__global__ void refine_half_kernel(const uint4* __restrict__ D11p,  // [B, kVec, HW] (8 halves each)
+                                   const TQ* __restrict__ D21,  // [B, N, 8 kVec] (uint4: [B, N, kVec])
+                                   const int64_t* __restrict__ p1,  // [B, N, 2]
+                                   int64_t* __restrict__ p1_new,  // [B, N, 2] or [B, N] (kOut > 0)
+                                   int H, int W, int N, int radius, int dilation_max) {
+  int n;
+  if (kOut == 2) {
+    const int tiles_x = (W + kTileW - 1) / kTileW;
+    const int ty = blockIdx.x / tiles_x;
+    const int x = (blockIdx.x - ty * tiles_x) * kTileW + static_cast<int>(threadIdx.x) % kTileW;
+    const int y = ty * kTileH + static_cast<int>(threadIdx.x) / kTileW;
+    if (x >= W || y >= H) return;
+    n = y * W + x;
+  } else {
+    n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+  }
+  const int b = blockIdx.y;
+  const int HW = H * W;
+  const uint4* img = D11p + static_cast<int64_t>(b) * kVec * HW;
+  const int64_t q = static_cast<int64_t>(b) * N + n;
+  __half2 qd[4 * kVec];
+  load_query<kVec>(D21, q, qd);
   int u0 = static_cast<int>(p1[2 * q]);
   int v0 = static_cast<int>(p1[2 * q + 1]);
   int u_best = u0, v_best = v0;
@@ -315,8 +505,38 @@ __global__ void refine_half_kernel(const uint4* __restrict__ D11p,  // [B, kVec,
     u0 = u_best;  // re-centre on the best so far
     v0 = v_best;
   }
-  p1_new[2 * q] = u_best;
-  p1_new[2 * q + 1] = v_best;
+  if (kOut > 0) {
+    p1_new[q] = static_cast<int64_t>(u_best) + static_cast<int64_t>(W) * v_best;
+  } else {
+    p1_new[2 * q] = u_best;
+    p1_new[2 * q + 1] = v_best;
+  }
+}
+
+// D11 [B, HW, 8 kVec] float32 or float16 -> planes [B, kVec, HW] of 8 float16 (cast with
+// round-to-nearest-even as Tensor.to(torch.float16); scalar loads: any alignment).
+template <typename T>
+__device__ __forceinline__ __half to_half(T x);
+template <>
+__device__ __forceinline__ __half to_half<float>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __half to_half<__half>(__half x) { return x; }
+
+template <typename T>
+__global__ void pack_desc_cast_kernel(const T* __restrict__ src, uint4* __restrict__ dst, int HW, int kVec, int total) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  const int k = i % kVec;
+  const int bp = i / kVec;
+  const int b = bp / HW;
+  const int p = bp - b * HW;
+  const T* s = src + 8 * static_cast<int64_t>(i);
+  __half2 h[4];
+#pragma unroll
+  for (int m = 0; m < 4; m++) h[m] = __halves2half2(to_half<T>(s[2 * m]), to_half<T>(s[2 * m + 1]));
+  uint4 out;
+  memcpy(&out, h, sizeof(out));
+  dst[(b * kVec + k) * HW + p] = out;
 }
 
 }  // namespace
@@ -361,7 +581,7 @@ bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 =
 template <int kVec>
 void launch_refine_half(const dim3& grid, cudaStream_t stream, const at::Tensor& planes, const at::Tensor& D21, const at::Tensor& p1,
                         at::Tensor& out, int H, int W, int N, int radius, int dilation_max) {
-  refine_half_kernel<kVec><<<grid, kMatchThreads, 0, stream>>>(reinterpret_cast<const uint4*>(planes.data_ptr()),
+  refine_half_kernel<kVec, uint4, 0><<<grid, kMatchThreads, 0, stream>>>(reinterpret_cast<const uint4*>(planes.data_ptr()),
                                                                reinterpret_cast<const uint4*>(D21.data_ptr()), p1.data_ptr<int64_t>(),
                                                                out.data_ptr<int64_t>(), H, W, N, radius, dilation_max);
 }
@@ -413,6 +633,150 @@ at::Tensor refine_matches_cuda(const at::Tensor& D11, const at::Tensor& D21, con
     refine_matches_kernel<float><<<grid, kMatchThreads, 0, stream>>>(D11.data_ptr<float>(), D21.data_ptr<float>(),
                                                                      p1.data_ptr<int64_t>(), out.data_ptr<int64_t>(), H, W, F, N,
                                                                      static_cast<int>(radius), static_cast<int>(dilation_max));
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------
+// fused host entry points of matching.match / matching.prepare_rays (the Python side falls back to
+// the separate ops when a prebuilt module lacks them)
+// ------------------------------------------------------------------------------------------------
+namespace {
+
+void check_points(const at::Tensor& X11, const at::Tensor& X21, const char* op) {
+  M3R_CHECK_INPUT(X11, at::kFloat);
+  M3R_CHECK_INPUT(X21, at::kFloat);
+  TORCH_CHECK(X11.dim() == 4 && X11.size(3) == 3 && X11.size(1) >= 3 && X11.size(2) >= 3, op, ": X11 must be [B, H, W, 3], H, W >= 3");
+  TORCH_CHECK(X21.sizes() == X11.sizes(), op, ": X21 must have the shape of X11");
+  TORCH_CHECK(9 * X11.size(0) * X11.size(1) * X11.size(2) < INT32_MAX, op, ": the images are too large (B * H * W * 9 must be < 2^31)");
+}
+
+}  // namespace
+
+std::vector<at::Tensor> prepare_rays_cuda(const at::Tensor& X11, const at::Tensor& X21, int64_t norm_mode) {
+  check_points(X11, X21, "prepare_rays");
+  const c10::cuda::CUDAGuard guard(X11.device());
+  const int B = X11.size(0), H = X11.size(1), W = X11.size(2);
+  auto rays = at::empty({B, H, W, 9}, X11.options());
+  auto target = at::empty({B, H * W, 3}, X11.options());
+  if (B > 0) {
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    const dim3 grid((W + kMatchThreads - 1) / kMatchThreads, H, B);
+    prep_rays_kernel<false><<<grid, kMatchThreads, 0, stream>>>(X11.data_ptr<float>(), X21.data_ptr<float>(), nullptr, nullptr, nullptr,
+                                                                rays.data_ptr<float>(), target.data_ptr<float>(), H, W,
+                                                                static_cast<int>(norm_mode));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {rays, target};
+}
+
+std::vector<at::Tensor> match_project_cuda(const at::Tensor& X11, const at::Tensor& X21, const c10::optional<at::Tensor>& idx_init,
+                                           int64_t max_iter, double lambda_init, double cost_thresh, double dist_thresh,
+                                           int64_t norm_mode) {
+  check_points(X11, X21, "match_project");
+  const c10::cuda::CUDAGuard guard(X11.device());
+  const int B = X11.size(0), H = X11.size(1), W = X11.size(2);
+  const int N = H * W;
+  const int64_t* init = nullptr;
+  if (idx_init.has_value() && idx_init->defined()) {
+    M3R_CHECK_INPUT((*idx_init), at::kLong);
+    TORCH_CHECK(idx_init->dim() == 2 && idx_init->size(0) == B && idx_init->size(1) == N, "match_project: idx_init must be [B, HW]");
+    init = idx_init->data_ptr<int64_t>();
+  }
+  auto p1 = at::empty({B, N, 2}, X11.options().dtype(at::kLong));
+  auto lin = at::empty({B, N}, X11.options().dtype(at::kLong));
+  auto conv = at::empty({B, N}, X11.options().dtype(at::kBool));
+  auto valid = at::empty({B, N}, X11.options().dtype(at::kBool));
+  if (B > 0) {
+    const int64_t total = static_cast<int64_t>(B) * N;
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    auto packed = at::empty({9 * total}, X11.options());
+    float* base = packed.data_ptr<float>();  // 256-byte aligned: planes at 0, 4 total, 8 total floats
+    float4* plane_a = reinterpret_cast<float4*>(base);
+    float4* plane_b = reinterpret_cast<float4*>(base + 4 * total);
+    float* plane_c = base + 8 * total;
+    const dim3 grid_prep((W + kMatchThreads - 1) / kMatchThreads, H, B);
+    prep_rays_kernel<true><<<grid_prep, kMatchThreads, 0, stream>>>(X11.data_ptr<float>(), nullptr, plane_a, plane_b, plane_c, nullptr,
+                                                                    nullptr, H, W, static_cast<int>(norm_mode));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const dim3 grid((N + kMatchThreads - 1) / kMatchThreads, B);
+    match_project_kernel<<<grid, kMatchThreads, 0, stream>>>(
+        plane_a, plane_b, plane_c, X11.data_ptr<float>(), X21.data_ptr<float>(), init, p1.data_ptr<int64_t>(), lin.data_ptr<int64_t>(),
+        conv.data_ptr<bool>(), valid.data_ptr<bool>(), H, W, static_cast<int>(max_iter), static_cast<float>(lambda_init),
+        static_cast<float>(cost_thresh), static_cast<float>(dist_thresh), static_cast<int>(norm_mode));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {p1, lin, conv, valid};
+}
+
+namespace {
+
+template <int kVec, typename TQ>
+void launch_refine_lin(bool tiled, int B, cudaStream_t stream, const at::Tensor& planes, const TQ* D21, const at::Tensor& p1,
+                       at::Tensor& out, int H, int W, int N, int radius, int dilation_max) {
+  const uint4* D11p = reinterpret_cast<const uint4*>(planes.data_ptr());
+  if (tiled) {
+    const dim3 grid(((W + kTileW - 1) / kTileW) * ((H + kTileH - 1) / kTileH), B);
+    refine_half_kernel<kVec, TQ, 2><<<grid, kMatchThreads, 0, stream>>>(D11p, D21, p1.data_ptr<int64_t>(), out.data_ptr<int64_t>(), H,
+                                                                        W, N, radius, dilation_max);
+  } else {
+    const dim3 grid((N + kMatchThreads - 1) / kMatchThreads, B);
+    refine_half_kernel<kVec, TQ, 1><<<grid, kMatchThreads, 0, stream>>>(D11p, D21, p1.data_ptr<int64_t>(), out.data_ptr<int64_t>(), H,
+                                                                        W, N, radius, dilation_max);
+  }
+}
+
+template <typename TQ>
+void dispatch_refine_lin(int kVec, bool tiled, int B, cudaStream_t stream, const at::Tensor& planes, const TQ* D21, const at::Tensor& p1,
+                         at::Tensor& out, int H, int W, int N, int radius, int dilation_max) {
+  switch (kVec) {
+    case 1: launch_refine_lin<1, TQ>(tiled, B, stream, planes, D21, p1, out, H, W, N, radius, dilation_max); break;
+    case 2: launch_refine_lin<2, TQ>(tiled, B, stream, planes, D21, p1, out, H, W, N, radius, dilation_max); break;
+    case 3: launch_refine_lin<3, TQ>(tiled, B, stream, planes, D21, p1, out, H, W, N, radius, dilation_max); break;
+    default: launch_refine_lin<4, TQ>(tiled, B, stream, planes, D21, p1, out, H, W, N, radius, dilation_max); break;
+  }
+}
+
+}  // namespace
+
+// float16 refinement of float32 or float16 descriptors (cast to float16 on the fly, as
+// match's D.to(torch.float16)), F in {8, 16, 24, 32}; returns linear indices u + W v [B, N].
+// tiled (needs N = HW): 2D blocks of queries (refine_half_kernel, kOut = 2).
+at::Tensor refine_matches_lin_cuda(const at::Tensor& D11, const at::Tensor& D21, const at::Tensor& p1, int64_t radius,
+                                   int64_t dilation_max, bool tiled) {
+  TORCH_CHECK(D11.scalar_type() == at::kHalf || D11.scalar_type() == at::kFloat, "refine_matches_lin: D11 must be float16 or float32");
+  M3R_CHECK_INPUT(D11, D11.scalar_type());
+  M3R_CHECK_INPUT(D21, D11.scalar_type());
+  M3R_CHECK_INPUT(p1, at::kLong);
+  TORCH_CHECK(D11.dim() == 4 && D21.dim() == 3 && p1.dim() == 3, "refine_matches_lin: D11 [B, H, W, F], D21 [B, N, F], p1 [B, N, 2]");
+  const c10::cuda::CUDAGuard guard(D11.device());
+  const int B = D11.size(0), H = D11.size(1), W = D11.size(2), F = D11.size(3);
+  const int N = p1.size(1);
+  const int kVec = F / 8;
+  const int64_t HW = static_cast<int64_t>(H) * W;
+  TORCH_CHECK(F % 8 == 0 && kVec >= 1 && kVec <= 4, "refine_matches_lin: F must be 8, 16, 24 or 32");
+  TORCH_CHECK(D21.size(0) == B && D21.size(1) == N && D21.size(2) == F && p1.size(0) == B && p1.size(2) == 2,
+              "refine_matches_lin: inconsistent shapes");
+  TORCH_CHECK(static_cast<int64_t>(B) * HW * kVec < INT32_MAX, "refine_matches_lin: the descriptor image is too large");
+  TORCH_CHECK(!tiled || N == HW, "refine_matches_lin: tiled needs one query per pixel (N = H W)");
+  auto out = at::empty({B, N}, p1.options());
+  if (B == 0 || N == 0) return out;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto planes = at::empty({B, kVec, HW, 8}, D11.options().dtype(at::kHalf));
+  const int total = static_cast<int>(B * HW * kVec);
+  const int r = static_cast<int>(radius), dm = static_cast<int>(dilation_max);
+  uint4* dst = reinterpret_cast<uint4*>(planes.data_ptr());
+  if (D11.scalar_type() == at::kFloat) {
+    pack_desc_cast_kernel<float><<<(total + 255) / 256, 256, 0, stream>>>(D11.data_ptr<float>(), dst, static_cast<int>(HW), kVec, total);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    dispatch_refine_lin<float>(kVec, tiled, B, stream, planes, D21.data_ptr<float>(), p1, out, H, W, N, r, dm);
+  } else {
+    pack_desc_cast_kernel<__half><<<(total + 255) / 256, 256, 0, stream>>>(reinterpret_cast<const __half*>(D11.data_ptr<at::Half>()), dst,
+                                                                          static_cast<int>(HW), kVec, total);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    dispatch_refine_lin<__half>(kVec, tiled, B, stream, planes, reinterpret_cast<const __half*>(D21.data_ptr<at::Half>()), p1, out, H, W, N,
+                                r, dm);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

@@ -66,6 +66,22 @@ def ray_image_gradients(rays: Tensor) -> tuple[Tensor, Tensor]:
     return F.conv2d(padded, kx, groups=C), F.conv2d(padded, ky, groups=C)
 
 
+# The fused CUDA paths (one kernel for prepare_rays; match = 2 + 2 kernels): bit-identical to the
+# PyTorch ops below, whose arithmetic they reproduce (csrc/matching.cu). _NORM_MODE picks the
+# summation order of F.normalize's norm (0: ATen's reduction of 3 floats; see matching.cu).
+_FUSED = True
+_NORM_MODE = 0
+_TILED = True  # refinement blocks on 16 x 8 tiles of query pixels (csrc/matching.cu, kOut = 2)
+
+
+def _fused_ext(X: Tensor, name: str):
+    """The CUDA extension when it has the fused entry point ``name`` and X is on the GPU, else None."""
+    if not (_FUSED and X.is_cuda):
+        return None
+    ext = ops._extension(name, X.device)
+    return ext if ext is not None and hasattr(ext, name) else None
+
+
 def prepare_rays(X11: Tensor, X21: Tensor) -> tuple[Tensor, Tensor]:
     """Inputs of the projective iterations.
 
@@ -73,6 +89,11 @@ def prepare_rays(X11: Tensor, X21: Tensor) -> tuple[Tensor, Tensor]:
     the normalised X11, target_rays [B, HW, 3] = normalised X21).
     """
     B, H, W, _ = X11.shape
+    ext = _fused_ext(X11, "prepare_rays")
+    if (ext is not None and H >= 3 and W >= 3 and X11.dtype == torch.float32 and X21.dtype == torch.float32
+            and X21.shape == X11.shape and X21.device == X11.device):
+        rays_with_grad, target = ext.prepare_rays(X11.contiguous(), X21.contiguous(), _NORM_MODE)
+        return rays_with_grad, target
     rays = F.normalize(X11, dim=-1).permute(0, 3, 1, 2)
     gx, gy = ray_image_gradients(rays)
     rays_with_grad = torch.cat([rays, gx, gy], dim=1).permute(0, 2, 3, 1).contiguous()
@@ -114,12 +135,16 @@ def match(
         raise ops.KernelArgumentError(f"match: D21 must have the shape of D11 {list(D11.shape)}, got {list(D21.shape)}")
     X11 = X11.float()
     X21 = X21.float()
+    if idx_init is not None and idx_init.shape != (B, H * W):
+        raise ops.KernelArgumentError(f"match: idx_init must be [B, HW] = [{B}, {H * W}], got {list(idx_init.shape)}")
+    ext = _fused_ext(X11, "match_project")
+    if ext is not None and H >= 3 and W >= 3 and X21.device == X11.device and (idx_init is None or idx_init.device == X11.device):
+        return _match_fused(ext, X11, X21, D11, D21, idx_init, max_iter, lambda_init, convergence_thresh, dist_thresh, radius,
+                            dilation_max, revalidate, fp16_descriptors)
     rays_with_grad, target = prepare_rays(X11, X21)
 
     if idx_init is None:
         p_init = _identity_pixels(H, W, X11.device).expand(B, -1, -1)  # made contiguous by ops.iter_proj
-    elif idx_init.shape != (B, H * W):
-        raise ops.KernelArgumentError(f"match: idx_init must be [B, HW] = [{B}, {H * W}], got {list(idx_init.shape)}")
     else:
         p_init = lin_to_pixel(idx_init, W).float()
 
@@ -136,6 +161,37 @@ def match(
         if revalidate:
             valid = converged & _dist_ok(X11, X21, p1, dist_thresh)
     return _lin(p1, W), valid[..., None]
+
+
+def _match_fused(ext, X11, X21, D11, D21, idx_init, max_iter, lambda_init, convergence_thresh, dist_thresh, radius, dilation_max,
+                 revalidate, fp16_descriptors):
+    """match() on the GPU in 2 + 2 kernels: rays + gradients (packed for the iterations), the
+    iterations with the truncation, linear index and distance check as epilogue, then the float16
+    refinement with the descriptor cast folded into its packing and linear indices out. Same
+    results as the op-by-op path."""
+    B, H, W, _ = X11.shape
+    ops._check_int("iter_proj", "max_iter", max_iter, 0)
+    init = None if idx_init is None else idx_init.long().contiguous()
+    p1, lin, converged, valid = ext.match_project(X11.contiguous(), X21.contiguous(), init, max_iter, float(lambda_init),
+                                                  float(convergence_thresh), float(dist_thresh), _NORM_MODE)
+    if radius > 0:
+        fp16 = True if fp16_descriptors is None else fp16_descriptors
+        F_ = D11.shape[-1]
+        if (fp16 and hasattr(ext, "refine_matches_lin") and D11.dtype in (torch.float32, torch.float16) and D21.dtype == D11.dtype
+                and F_ % 8 == 0 and 8 <= F_ <= 32 and D11.is_cuda and D21.device == D11.device):
+            ops._check_int("refine_matches", "radius", radius, 0)
+            ops._check_int("refine_matches", "dilation_max", dilation_max, 1)
+            lin = ext.refine_matches_lin(D11.contiguous(), D21.reshape(B, H * W, -1).contiguous(), p1, radius, dilation_max,
+                                         _TILED)
+            if revalidate:
+                p1 = lin_to_pixel(lin, W)
+        else:
+            dt = torch.float16 if fp16 else torch.float32
+            p1 = ops.refine_matches(D11.to(dt).contiguous(), D21.reshape(B, H * W, -1).to(dt).contiguous(), p1, radius, dilation_max)
+            lin = _lin(p1, W)
+        if revalidate:
+            valid = converged & _dist_ok(X11, X21, p1, dist_thresh)
+    return lin, valid[..., None]
 
 
 def _dist_ok(X11: Tensor, X21: Tensor, p1: Tensor, dist_thresh: float) -> Tensor:

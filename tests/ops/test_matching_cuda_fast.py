@@ -144,3 +144,52 @@ def test_match_cuda_equals_cpu_fp16_emulation(monkeypatch):
     idx_c2, _ = matching.match(X11.cuda(), X21.cuda(), D11.cuda(), D21.cuda(), init.cuda(), **cfg)
     idx_t2, _ = matching.match(X11, X21, D11, D21, init, fp16_descriptors=True, **cfg)
     assert (idx_c2.cpu() == idx_t2).float().mean().item() >= 0.99
+
+
+def _scene(gen, B, H, W, F):
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    z = 2.0 + 0.3 * torch.sin(u / 7.0) + 0.2 * torch.cos(v / 5.0)
+    X = torch.stack([(u - W / 2) / 50.0 * z, (v - H / 2) / 50.0 * z, z], -1)
+    X11 = X.expand(B, -1, -1, -1).contiguous() + 0.002 * torch.randn(B, H, W, 3, generator=gen)
+    X21 = X11 + torch.tensor([0.02, -0.01, 0.0])
+    X11[1, 3:6, 7:9] = float("nan")
+    X11[0, 0, 0] = 0.0
+    D11 = torch.nn.functional.normalize(torch.randn(B, H, W, F, generator=gen), dim=-1)
+    D21 = torch.nn.functional.normalize(D11 + 0.3 * torch.randn(B, H, W, F, generator=gen), dim=-1)
+    return [t.cuda() for t in (X11, X21, D11, D21)]
+
+
+def test_fused_paths_equal_op_by_op(monkeypatch):
+    """The fused kernels (prepare_rays; match_project + refine_matches_lin) give exactly the results
+    of the op-by-op path (F.normalize, reflect-padded conv2d, iter_proj, gather/norm distance check,
+    cast + refine_matches), including NaN and zero points, idx_init with out-of-range values,
+    revalidate, float16 inputs, radius 0 and the F = 12 / float32 fallbacks."""
+    monkeypatch.setenv("MAST3R_SLAM_OPS", "cuda")
+    ext = ops._backend.get_extension()
+    if not hasattr(ext, "match_project"):
+        pytest.skip("prebuilt extension without the fused entry points")
+    gen = torch.Generator().manual_seed(21)
+    B, H, W, F = 2, 40, 52, 24
+    X11, X21, D11, D21 = _scene(gen, B, H, W, F)
+    init = torch.randint(-3, H * W + 3, (B, H * W), generator=gen).cuda()
+    cfg = dict(max_iter=10, lambda_init=1e-8, convergence_thresh=1e-6, dist_thresh=0.1, radius=3, dilation_max=5)
+    variants = [
+        ((X11, X21, D11, D21), cfg),
+        ((X11, X21, D11, D21, init), dict(cfg, revalidate=True)),
+        ((X11, X21, D11.half(), D21.half()), cfg),
+        ((X11, X21, D11, D21), dict(cfg, radius=0)),
+        ((X11, X21, D11[..., :12], D21[..., :12]), cfg),
+        ((X11, X21, D11[..., :8], D21[..., :8], init), dict(cfg, fp16_descriptors=False, revalidate=True)),
+    ]
+    monkeypatch.setattr(matching, "_FUSED", False)
+    ref_rays = matching.prepare_rays(X11, X21)
+    refs = [matching.match(*a, **kw) for a, kw in variants]
+    monkeypatch.setattr(matching, "_FUSED", True)
+    rays = matching.prepare_rays(X11, X21)
+    assert all(torch.equal(a, b) for a, b in zip(rays, ref_rays))
+    assert torch.isnan(rays[1]).any()  # the NaN points propagate as in PyTorch
+    for (a, kw), (idx_ref, valid_ref) in zip(variants, refs):
+        idx, valid = matching.match(*a, **kw)
+        assert idx.dtype == torch.int64 and idx.shape == (B, H * W) and valid.shape == (B, H * W, 1)
+        assert torch.equal(idx, idx_ref) and torch.equal(valid, valid_ref)
+    assert 0.0 < refs[0][1].float().mean().item() < 1.0  # valid and invalid matches both occur
