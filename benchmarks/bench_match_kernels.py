@@ -11,7 +11,10 @@ extension with only the two matching bindings and timed in the same process ("be
 output of the current code is compared with it for exact equality: ``iter_proj`` positions and
 flags, ``refine_matches`` (float16 for F = 8..32 and 12, float32, misaligned views), and
 ``match`` itself, on the benchmark problems, the golden fixtures and random inputs (NaN rays,
-starts outside the image, 0 / 1 / 10 iterations). Exit code 1 if anything differs.
+starts outside the image, 0 / 1 / 10 iterations). When the current extension has the fused
+entry points (prepare_rays, match_project, refine_matches_lin), they are compared with the op-by-op
+path of the same build (matching._FUSED = False), also timed alone. NaN at the same places counts
+as equal. Exit code 1 if anything differs.
 
     python benchmarks/bench_match_kernels.py --baseline build/match_baseline --out match.json
     python benchmarks/bench_match_kernels.py --build-only --baseline build/match_baseline  # compile only
@@ -95,13 +98,23 @@ def time_ms(fn, warmup: int, repeat: int) -> tuple[float, float]:
 # ----------------------------------------------------------------------------------------------
 # exactness against the baseline
 # ----------------------------------------------------------------------------------------------
+def _same(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Bit-for-bit equal values, NaN at the same places counting as equal (torch.equal says NaN != NaN)."""
+    if x.shape != y.shape or x.dtype != y.dtype:
+        return False
+    x, y = x.cpu(), y.cpu()
+    if torch.equal(x, y):
+        return True
+    return bool(x.is_floating_point() and ((x == y) | (torch.isnan(x) & torch.isnan(y))).all())
+
+
 class Checker:
     def __init__(self):
         self.results = []
 
     def equal(self, what: str, a, b) -> None:
         a, b = (a if isinstance(a, (tuple, list)) else (a,)), (b if isinstance(b, (tuple, list)) else (b,))
-        ok = all(x.shape == y.shape and x.dtype == y.dtype and torch.equal(x.cpu(), y.cpu()) for x, y in zip(a, b))
+        ok = all(_same(x, y) for x, y in zip(a, b))
         detail = ""
         if not ok:
             diffs = []
@@ -109,7 +122,7 @@ class Checker:
                 if x.shape != y.shape:
                     diffs.append(f"shape {list(x.shape)} vs {list(y.shape)}")
                 else:
-                    ne = (x.cpu() != y.cpu())
+                    ne = (x.cpu() != y.cpu()) & ~(torch.isnan(x.cpu()) & torch.isnan(y.cpu()) if x.is_floating_point() else False)
                     diffs.append(f"{int(ne.sum())}/{ne.numel()} differ")
             detail = "; ".join(diffs)
         self.results.append((what, ok, detail))
@@ -233,7 +246,7 @@ def check_fused(chk: Checker, ext, problems: dict, fixtures: dict | None) -> Non
         chk.equal(f"{name}: fused prepare_rays", matching.prepare_rays(X11, X21), ref_rays)
         for mode in range(4):
             got = ext.prepare_rays(X11.contiguous(), X21.contiguous(), mode)
-            same = all(torch.equal(a, b) for a, b in zip(got, ref_rays))
+            same = all(_same(a, b) for a, b in zip(got, ref_rays))
             print(f"       mode {mode}: prepare_rays {'equal' if same else 'differs'}", flush=True)
         for k, (a, kw) in variants.items():
             chk.equal(f"{name}: fused {k}", matching.match(*a, **kw), refs[k])

@@ -174,7 +174,7 @@ __global__ void iter_proj_kernel(const float4* __restrict__ plane_a,  // [B, HW]
 //   thread 0 sums x0^2 and x2^2, thread 1 has x1^2, then a shuffle adds the two, so
 //   ||x|| = sqrt((x0^2 + x2^2) + x1^2), each operation rounded (norm_mode 0). Modes 1-3 are the
 //   other plausible orders, kept for verification on a new PyTorch version (bench_match_kernels.py
-//   --norm-modes); torch.linalg.norm of match's distance check uses the same reduction.
+//   prints which modes match); torch.linalg.norm of match's distance check uses the same reduction.
 // - the depthwise conv2d kernel accumulates `value += w * x` (an FMA) over the 3x3 taps, rows
 //   outer, starting from 0, all 9 taps (0 * NaN propagates NaN as in PyTorch).
 // ------------------------------------------------------------------------------------------------
