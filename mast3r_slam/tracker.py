@@ -145,6 +145,11 @@ class FrameTracker:
         pix = p.float().round().long()
         pix_idx = pix[:, 1].clamp(0, H - 1) * W + pix[:, 0].clamp(0, W - 1)
         excluded = J.kf_hit | J.frame_mask[pix_idx]  # keyframe pixels that moved or whose match moved
+        # and, for this solve only, matches whose two points disagree in 3D by more than rel_thresh
+        # of the range with the solved pose: an object that a two-view network registered onto
+        # itself moves sideways without violating free space, yet biases the pose
+        resid = (Sim3.act(T_CkCf, Xf) - Xk).norm(dim=-1)
+        excluded = excluded | (resid > cfg.rel_thresh * Xk.norm(dim=-1))
         if cfg.resolve:
             lost_weight = float((sqrt_w[:, 0] * excluded).sum() / sqrt_w.sum().clamp_min(1e-12))
             if lost_weight > 1e-3:  # one host read per frame, not per iteration
