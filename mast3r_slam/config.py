@@ -127,6 +127,7 @@ class DynamicConfig:
     dilate_px: int = 1  # grow the masks by this many pixels (object boundaries are blurred)
     grow_frac: float = 0.05  # spread masks over depth-continuous surfaces by up to this fraction of the width
     grow_depth_tol: float = 0.03  # neighbours within this relative depth belong to the same surface
+    backend_max_gap: int = 2  # backend: matches of keyframes at most this far apart that disagree in 3D are dropped
     resolve: bool = True  # re-solve the tracking pose without the pixels found to move
 
 

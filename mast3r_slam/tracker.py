@@ -150,14 +150,12 @@ class FrameTracker:
         # itself moves sideways without violating free space, yet biases the pose
         resid = (Sim3.act(T_CkCf, Xf) - Xk).norm(dim=-1)
         excluded = excluded | (resid > cfg.rel_thresh * Xk.norm(dim=-1))
-        if cfg.resolve:
-            lost_weight = float((sqrt_w[:, 0] * excluded).sum() / sqrt_w.sum().clamp_min(1e-12))
-            if lost_weight > 1e-3:  # one host read per frame, not per iteration
-                sqrt_w2 = sqrt_w * (~excluded).reshape(-1, 1)
-                sol2 = self._solve(T_CkCf, Xf, Xk, sqrt_w2, keyframe.K, H, W)
-                if not bool(sol2.failed):
-                    sol = sol2
-                    T_CkCf = sol2.T_CkCf.reshape(1, 8)
+        if cfg.resolve:  # always (no host read to decide): a second solve from the first's pose
+            sqrt_w2 = sqrt_w * (~excluded).reshape(-1, 1)
+            sol2 = self._solve(T_CkCf, Xf, Xk, sqrt_w2, keyframe.K, H, W)
+            if not bool(sol2.failed):  # the one host read of this step
+                sol = sol2
+                T_CkCf = sol2.T_CkCf.reshape(1, 8)
         frame.extras[dynamic.MASK] = J.frame_mask
         dynamic.add_votes(cfg, keyframe, J.kf_hit, H, W, z=X_k[:, 2])
         keep = J.kf_hit if kf_dyn is None else J.kf_hit | kf_dyn.reshape(-1)

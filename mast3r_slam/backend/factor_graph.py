@@ -15,6 +15,7 @@ import torch
 from .. import ops
 from ..config import Config
 from ..geometry import constrain_points_to_ray
+from ..lie import Sim3
 from ..priors.base import Prior
 from ..matching import subpixel_positions
 from .keyframe_cache import KeyframeCache
@@ -105,6 +106,8 @@ class FactorGraph:
         if is_reloc and n_invalid > 0:
             return False, EdgeStats(0, n_invalid, stats_fr)
         keep = ~invalid
+        if self.cfg.dynamic.enabled:
+            valid_j, valid_i = self._drop_moving_matches(ii, jj, ii_t, jj_t, idx_i2j, idx_j2i, valid_j, valid_i)
         self.ii = torch.cat([self.ii, ii_t[keep]])
         self.jj = torch.cat([self.jj, jj_t[keep]])
         self.idx_ii2jj = torch.cat([self.idx_ii2jj, idx_i2j[keep]])
@@ -118,6 +121,32 @@ class FactorGraph:
             self.p_jj2ii = torch.cat([self.p_jj2ii, p_j2i[keep]])
         added = B - n_invalid
         return added > 0, EdgeStats(added, n_invalid, stats_fr)
+
+    def _drop_moving_matches(self, ii, jj, ii_t, jj_t, idx_i2j, idx_j2i, valid_j, valid_i):
+        """Leave out matches of nearby keyframes whose two points disagree in 3D (world, current
+        poses) by more than ``dynamic.rel_thresh`` of the range: a moving object that the network
+        registered onto itself would otherwise pull the two poses by its own motion.
+
+        Only pairs at most ``dynamic.backend_max_gap`` keyframes apart are judged (their poses are
+        locally consistent; a loop closure's are not, before the solve). The match fractions that
+        decided which edges to keep are not changed."""
+        gap = self.cfg.dynamic.backend_max_gap
+        near = (ii_t - jj_t).abs() <= gap
+        if gap <= 0 or not bool(near.any()):
+            return valid_j, valid_i
+        Xi, _, Ti, _ = self.kf.stack(list(ii))
+        Xj, _, Tj, _ = self.kf.stack(list(jj))
+        tau = self.cfg.dynamic.rel_thresh
+
+        def bad(X_row, T_row, X_other, T_other, idx):  # rows: pixels of one keyframe; idx into the other
+            P_row = Sim3.act(T_row[:, None], X_row)
+            P_other = Sim3.act(T_other[:, None], torch.gather(X_other, 1, idx[..., None].expand(-1, -1, 3)))
+            rng = X_row.norm(dim=-1) * T_row[:, None, 7].abs()
+            return ((P_row - P_other).norm(dim=-1) > tau * rng) & near[:, None]
+
+        valid_j = valid_j & ~bad(Xj, Tj, Xi, Ti, idx_i2j)[..., None]
+        valid_i = valid_i & ~bad(Xi, Ti, Xj, Tj, idx_j2i)[..., None]
+        return valid_j, valid_i
 
     # ------------------------------------------------------------------------------------------
     def solve(self) -> torch.Tensor | None:
