@@ -41,6 +41,39 @@ def dir_mb(path: Path) -> float:
     return sum(f.stat().st_blocks * 512 for f in path.glob("*") if f.is_file()) / 2**20
 
 
+class BackAndForth:
+    """A dataset played back and forth for ``n`` frames: frame i shows frame j(i) of ``ds``.
+
+    Frame ids stay distinct (the prior's cache and the SLAM state see a long sequence) while the
+    camera keeps revisiting the same places."""
+
+    def __init__(self, ds, n: int):
+        self.ds, self.n, self.m = ds, n, len(ds)
+
+    def _j(self, i: int) -> int:
+        j = i % (2 * self.m - 2)
+        return j if j < self.m else 2 * self.m - 2 - j
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.ds[self._j(i)]
+
+    def frame_rgb(self, i: int):
+        return self.ds.frame_rgb(self._j(i))
+
+    def frame_depth(self, i: int):
+        return self.ds.frame_depth(self._j(i))
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("ds", "n", "m"):  # (unpickling in the backend process)
+            raise AttributeError(name)
+        return getattr(self.ds, name)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=5000)
@@ -57,18 +90,14 @@ def main(argv=None) -> int:
     if args.window:
         sets.append(f"local_opt.window_size={args.window}")
     cfg = load_config(None, sets)
-    ds = load_dataset(f"synthetic:loop:{W}x{H}")
+    ds = BackAndForth(load_dataset(f"synthetic:loop:{W}x{H}"), args.frames)
     prior = make_oracle_prior(ds, cfg, "cpu")
     slam = Slam(cfg, prior, device="cpu", n_frames=args.frames)
-    n = len(ds)
     rows = []
     t0 = time.time()
     try:
         for i in range(args.frames):
-            j = i % (2 * n - 2)
-            j = j if j < n else 2 * n - 2 - j  # back and forth along the loop: revisits the same places
-            s = ds[j]
-            slam.track(i, f"{i / 30:.6f}", s.rgb)
+            slam.track(i, f"{i / 30:.6f}", ds.frame_rgb(i).rgb)
             if i % args.every == 0 or i == args.frames - 1:
                 bpid = getattr(getattr(slam.backend, "proc", None), "pid", None)
                 row = {
