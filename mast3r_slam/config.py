@@ -128,6 +128,7 @@ class DynamicConfig:
     grow_frac: float = 0.05  # spread masks over depth-continuous surfaces by up to this fraction of the width
     grow_depth_tol: float = 0.03  # neighbours within this relative depth belong to the same surface
     backend_max_gap: int = 2  # backend: matches of keyframes at most this far apart that disagree in 3D are dropped
+    cross_check_votes: int = 1  # end of run: neighbouring keyframes that must see a keyframe pixel gone (0: no clean-up)
     resolve: bool = True  # re-solve the tracking pose without the pixels found to move
 
 

@@ -238,11 +238,12 @@ def cross_check(cfg: DynamicConfig, keyframes: list[Frame], offsets: tuple[int, 
     Keyframes are farther apart in time than a frame and its keyframe, so an object that moved
     too little while its keyframe was being tracked has usually moved by then. With the final
     poses, every keyframe's points are projected into each neighbour (``offsets`` in keyframe
-    order); points in front of what a neighbour saw have gone and join the keyframe's dynamic
-    mask (cleaned and grown like the tracking masks). Returns the number of pixels added.
+    order); points in front of what ``cross_check_votes`` neighbours saw have gone and join the
+    keyframe's dynamic mask (cleaned and grown like the tracking masks). Returns the number of
+    pixels added.
     """
     n = len(keyframes)
-    if n < 2 or not cfg.enabled:
+    if n < 2 or not cfg.enabled or cfg.cross_check_votes <= 0:
         return 0
     H, W = keyframes[0].img_shape
     dev = keyframes[0].X_canon.device
@@ -250,7 +251,7 @@ def cross_check(cfg: DynamicConfig, keyframes: list[Frame], offsets: tuple[int, 
     added = 0
     for lo in range(0, n, batch):
         ids = list(range(lo, min(lo + batch, n)))
-        hits = torch.zeros(len(ids), H * W, dtype=torch.bool, device=dev)
+        hits = torch.zeros(len(ids), H * W, dtype=torch.int16, device=dev)
         for off in offsets:
             pairs = [(a, i + off) for a, i in enumerate(ids) if 0 <= i + off < n]
             for a, j in pairs:  # per pair: projection + pooled lookup, all pixels at once
@@ -261,10 +262,10 @@ def cross_check(cfg: DynamicConfig, keyframes: list[Frame], offsets: tuple[int, 
                 k_j = intrinsics_of(fj.K, fj.X_canon, H, W, ok_j)
                 viol, _ = free_space_violations(P, fj.X_canon[:, 2], k_j, H, W, cfg.rel_thresh, radius, cfg.border_px)
                 usable = ~depth_edges(fi.X_canon[:, 2], H, W, cfg.edge_depth_tol, radius)
-                hits[a] |= viol & usable
+                hits[a] += (viol & usable).to(torch.int16)
         for a, i in enumerate(ids):
             f = keyframes[i]
-            m = clean(hits[a], H, W)
+            m = clean(hits[a] >= cfg.cross_check_votes, H, W)
             m = dilate(grow(m, f.X_canon[:, 2], H, W, grow_iters(cfg, W), cfg.grow_depth_tol), H, W, cfg.dilate_px)
             old = f.extras.get(MASK)
             new = m if old is None else (m | old.reshape(-1).to(dev))
