@@ -97,9 +97,7 @@ def test_multiprocess_matches_single_thread(tmp_path, cache):
     kf1 = np.loadtxt(out1 / "trajectory_keyframes.txt", usecols=0, dtype=str)
     kf2 = np.loadtxt(out2 / "trajectory_keyframes.txt", usecols=0, dtype=str)
     assert list(kf1) == list(kf2)
-    # the backend runs concurrently in the multi-process run, so poses (and the moving-object
-    # masks the frontend writes while the backend reads them) differ slightly; keyframes may not
-    assert abs(single["ate"]["keyframes"]["rmse"] - multi["ate"]["keyframes"]["rmse"]) < 0.02
+    assert abs(single["ate"]["keyframes"]["rmse"] - multi["ate"]["keyframes"]["rmse"]) < 0.01
 
 
 def _exact_oracle(monkeypatch):
@@ -122,8 +120,8 @@ def test_moving_objects_are_kept_out_of_trajectory_and_map(tmp_path, cache, monk
 
     _exact_oracle(monkeypatch)
     spec = "synthetic:dynamic:128x96:100"
-    on, out_on = _run(tmp_path, spec, "single_thread=true", name="dyn_on")
-    off, out_off = _run(tmp_path, spec, "single_thread=true", "dynamic.enabled=false", name="dyn_off")
+    on, out_on = _run(tmp_path, spec, "single_thread=true", "dynamic.enabled=true", name="dyn_on")
+    off, out_off = _run(tmp_path, spec, "single_thread=true", name="dyn_off")
     seq = next(cache.glob("dynamic_128x96_100"))
     paths_on, paths_off = map_points_on_paths(out_on, seq), map_points_on_paths(out_off, seq)
     ate_on, ate_off = on["ate"]["keyframes"]["rmse"], off["ate"]["keyframes"]["rmse"]
@@ -140,8 +138,8 @@ def test_moving_objects_are_kept_out_of_trajectory_and_map(tmp_path, cache, monk
 @pytest.mark.slow
 def test_moving_object_handling_does_not_hurt_a_static_scene(tmp_path, cache):
     spec = "synthetic:loop:128x96:60"
-    on, out_on = _run(tmp_path, spec, "single_thread=true", name="static_on")
-    off, _ = _run(tmp_path, spec, "single_thread=true", "dynamic.enabled=false", name="static_off")
+    on, out_on = _run(tmp_path, spec, "single_thread=true", "dynamic.enabled=true", name="static_on")
+    off, _ = _run(tmp_path, spec, "single_thread=true", name="static_off")
     ate_on, ate_off = on["ate"]["keyframes"]["rmse"], off["ate"]["keyframes"]["rmse"]
     print(f"static loop ATE on {ate_on:.4f} m, off {ate_off:.4f} m")
     assert ate_on <= 1.10 * ate_off  # within run-to-run differences of the second tracking solve (60 frames: 2.92 vs 2.80 cm)

@@ -50,7 +50,7 @@ def _pair(shift: float, box_move: float, noise: float = 0.0, seed: int = 0):
     T[:3, :3], T[:3, 3] = R, c
     T_kf = Sim3.from_matrix(T[None].float())  # keyframe <- frame
     ok = torch.ones(H * W, dtype=torch.bool)
-    J = dynamic.judge(DynamicConfig(), T_kf, X_f, X_k, K4, K4, ok, ok, H, W)
+    J = dynamic.judge(DynamicConfig(enabled=True), T_kf, X_f, X_k, K4, K4, ok, ok, H, W)
     return J, box_f, box_k
 
 
@@ -81,7 +81,7 @@ def test_pinhole_fit_recovers_the_focal_length():
 
 
 def test_votes_mark_a_keyframe_pixel_after_enough_frames():
-    cfg = DynamicConfig(keyframe_votes=2, dilate_px=0)
+    cfg = DynamicConfig(enabled=True, keyframe_votes=2, dilate_px=0)
     kf = Frame(frame_id=0, img=torch.zeros(1, 3, H, W), uimg=torch.zeros(H, W, 3), img_shape=(H, W), T_WC=Sim3.identity(1))
     hit = torch.zeros(H, W, dtype=torch.bool)
     hit[2:5, 3:6] = True
@@ -182,7 +182,7 @@ def test_cross_check_cleans_the_map_with_neighbouring_keyframes(moved):
     X_b, _ = _render(torch.eye(3, dtype=torch.float64), c, 0.8 if moved else 0.0)
     T_b = torch.tensor([[0.2, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]])
     kfs = [_keyframe(X_a, Sim3.identity(1), 0), _keyframe(X_b, T_b, 1)]
-    added = dynamic.cross_check(DynamicConfig(), kfs)
+    added = dynamic.cross_check(DynamicConfig(enabled=True), kfs)
     m = kfs[0].extras[dynamic.MASK]
     if not moved:
         assert added == 0 and not m.any() and not kfs[1].extras[dynamic.MASK].any()
