@@ -21,17 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import Mast3rSlamError
-
-
-def _quat_to_R(q: np.ndarray) -> np.ndarray:  # [x, y, z, w] -> [3, 3]
-    x, y, z, w = q / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+from ..io.trajectory import pose7_to_matrix
 
 
 def inside_primitives(p: np.ndarray, prims: list[dict], margin: float) -> np.ndarray:
@@ -60,7 +50,8 @@ def points_on_paths(xyz: np.ndarray, objects: dict, margin: float = 0.03, floor_
         prims = obj["primitives"]
         reach = max(np.linalg.norm(d["center"]) + max(d.get("radius", 0.0), d.get("half_height", 0.0), *(d.get("half_extents") or [0.0])) for d in prims) + margin
         for pose in obj["poses_tum"]:
-            t, R = np.asarray(pose[:3]), _quat_to_R(np.asarray(pose[3:7]))
+            T = pose7_to_matrix(pose)
+            t, R = T[:3, 3], T[:3, :3]
             near = above & ~hit & (np.linalg.norm(xyz - t, axis=1) <= reach)
             if not near.any():
                 continue

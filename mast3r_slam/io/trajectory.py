@@ -178,6 +178,22 @@ def timestamps_to_seconds(timestamps: Sequence) -> np.ndarray:
     return out
 
 
+def pose7_to_matrix(p: np.ndarray) -> np.ndarray:
+    """[7] t + q_xyzw -> [4, 4] (float64)."""
+    t, q = np.asarray(p[:3], float), np.asarray(p[3:7], float)
+    x, y, z, w = q / np.linalg.norm(q)
+    R = np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, t
+    return T
+
+
 def normalize_quat(q: np.ndarray) -> np.ndarray:  # [..., 4]
     return q / np.linalg.norm(q, axis=-1, keepdims=True)
 

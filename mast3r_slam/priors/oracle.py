@@ -48,6 +48,7 @@ from ..frame import Frame
 from ..image import resize_crop_shape
 from . import oracle_features as feats
 from .base import Prediction, Prior
+from ..io.trajectory import pose7_to_matrix
 from .oracle_objects import MODES as MOVING_OBJECT_MODES
 from .oracle_objects import MovingObjects
 from .oracle_objects import register as register_objects
@@ -148,22 +149,6 @@ class _FrameData:
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-def pose7_to_matrix(p: np.ndarray) -> np.ndarray:
-    """[7] t + q_xyzw -> [4, 4] (float64)."""
-    t, q = np.asarray(p[:3], float), np.asarray(p[3:7], float)
-    x, y, z, w = q / np.linalg.norm(q)
-    R = np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-    T = np.eye(4)
-    T[:3, :3], T[:3, 3] = R, t
-    return T
-
-
 def _smooth_noise(rng: np.random.Generator, H: int, W: int, cells: float) -> np.ndarray:
     """Smooth zero-mean unit-std noise field [H, W] with about ``cells`` blobs across."""
     n = max(float(cells), 1.0)

@@ -24,21 +24,9 @@ import numpy as np
 import torch
 
 from ..eval.moving_objects import inside_primitives
+from ..io.trajectory import pose7_to_matrix
 
 MODES = ("registered", "physical")
-
-
-def _pose7_to_matrix(p) -> np.ndarray:
-    t, q = np.asarray(p[:3], float), np.asarray(p[3:7], float)
-    x, y, z, w = q / np.linalg.norm(q)
-    T = np.eye(4)
-    T[:3, :3] = [
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ]
-    T[:3, 3] = t
-    return T
 
 
 @dataclass
@@ -55,7 +43,7 @@ class MovingObjects:
             return None
         objs = doc["objects"]
         stamps = [str(t) for t in doc["timestamps"]]
-        per_frame = np.stack([np.stack([_pose7_to_matrix(p) for p in o["poses_tum"]]) for o in objs], 1)  # [F, n, 4, 4]
+        per_frame = np.stack([np.stack([pose7_to_matrix(p) for p in o["poses_tum"]]) for o in objs], 1)  # [F, n, 4, 4]
         return cls([o["name"] for o in objs], [o["primitives"] for o in objs], dict(zip(stamps, per_frame)))
 
     def at(self, timestamp: str) -> np.ndarray | None:
