@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from .config import DynamicConfig
 from .frame import Frame
+from .geometry import pixel_grid
 from .lie import Sim3
 
 VOTES = "dyn_votes"  # Frame.extras key: int16 [HW] votes of a keyframe's pixels
@@ -105,7 +106,7 @@ def pinhole(X: torch.Tensor, H: int, W: int, valid: torch.Tensor | None = None) 
 
     The principal point is the image centre; one focal length by least squares over the pixels
     (u - cx = f x/z, v - cy = f y/z)."""
-    v, u = torch.meshgrid(torch.arange(H, device=X.device, dtype=X.dtype), torch.arange(W, device=X.device, dtype=X.dtype), indexing="ij")
+    uv = pixel_grid(H, W, device=X.device, dtype=X.dtype)
     cx, cy = (W - 1) / 2, (H - 1) / 2
     z = X[:, 2]
     ok = (z > 1e-6) & torch.isfinite(X).all(-1)
@@ -113,7 +114,7 @@ def pinhole(X: torch.Tensor, H: int, W: int, valid: torch.Tensor | None = None) 
         ok = ok & valid
     a = torch.where(ok, X[:, 0] / z.clamp_min(1e-6), 0.0)
     b = torch.where(ok, X[:, 1] / z.clamp_min(1e-6), 0.0)
-    du, dv = (u.reshape(-1) - cx) * ok, (v.reshape(-1) - cy) * ok
+    du, dv = (uv[:, 0] - cx) * ok, (uv[:, 1] - cy) * ok
     f = (du * a + dv * b).sum() / (a * a + b * b).sum().clamp_min(1e-12)
     return torch.stack([f, f, f.new_tensor(cx), f.new_tensor(cy)])
 

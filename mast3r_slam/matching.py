@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
+from .ops._torch_rows import bilinear_rows
 
 Tensor = torch.Tensor
 
@@ -299,15 +300,5 @@ def subpixel_positions(
 
 def sample_pointmap(X: Tensor, p: Tensor, H: int, W: int) -> Tensor:
     """Bilinear samples of a flattened map X [HW, C] at float pixels p [N, 2] (u, v) -> [N, C]."""
-    C = X.shape[-1]
-    u = p[:, 0].clamp(0, W - 1)
-    v = p[:, 1].clamp(0, H - 1)
-    u0 = u.floor().clamp(max=W - 2)
-    v0 = v.floor().clamp(max=H - 2)
-    du = (u - u0)[:, None].to(X.dtype)
-    dv = (v - v0)[:, None].to(X.dtype)
-    i00 = (u0 + W * v0).long()
-    Xf = X.reshape(H * W, C)
-    x00, x01 = Xf[i00], Xf[i00 + 1]
-    x10, x11 = Xf[i00 + W], Xf[i00 + W + 1]
-    return (1 - dv) * ((1 - du) * x00 + du * x01) + dv * ((1 - du) * x10 + du * x11)
+    base = torch.zeros(p.shape[0], dtype=torch.long, device=p.device)
+    return bilinear_rows(X.reshape(H * W, X.shape[-1]), base, p, H, W)

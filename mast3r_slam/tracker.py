@@ -21,7 +21,7 @@ from .frame import Frame
 from .fusion import make_fusion
 from .geometry import constrain_points_to_ray, pixel_grid
 from .lie import Sim3
-from .matching import make_matcher, sample_pointmap, subpixel_positions
+from .matching import lin_to_pixel, make_matcher, sample_pointmap, subpixel_positions
 from .priors.base import Prior
 from .timing import timed
 
@@ -141,7 +141,7 @@ class FrameTracker:
         k_k = dynamic.intrinsics_of(keyframe.K, X_k, H, W, usable_k)
         J = dynamic.judge(cfg, T_CkCf, X_f, X_k, k_f, k_k, usable_f, usable_k, H, W)
         if p is None:
-            p = torch.stack([idx_f2k % W, torch.div(idx_f2k, W, rounding_mode="floor")], -1)
+            p = lin_to_pixel(idx_f2k, W)
         pix = p.float().round().long()
         pix_idx = pix[:, 1].clamp(0, H - 1) * W + pix[:, 0].clamp(0, W - 1)
         excluded = J.kf_hit | J.frame_mask[pix_idx]  # keyframe pixels that moved or whose match moved
