@@ -233,7 +233,7 @@ def init_keyframe(cfg: DynamicConfig, frame: Frame) -> None:
     frame.extras[VOTES] = m.reshape(-1).to(torch.int16) * cfg.keyframe_votes
 
 
-def cross_check(cfg: DynamicConfig, keyframes: list[Frame], offsets: tuple[int, ...] = (-2, -1, 1, 2), batch: int = 32) -> int:
+def cross_check(cfg: DynamicConfig, keyframes: list[Frame], offsets: tuple[int, ...] = (-2, -1, 1, 2)) -> int:
     """Map clean-up at the end of a run: test each keyframe against its neighbouring keyframes.
 
     Keyframes are farther apart in time than a frame and its keyframe, so an object that moved
@@ -241,7 +241,7 @@ def cross_check(cfg: DynamicConfig, keyframes: list[Frame], offsets: tuple[int, 
     poses, every keyframe's points are projected into each neighbour (``offsets`` in keyframe
     order); points in front of what ``cross_check_votes`` neighbours saw have gone and join the
     keyframe's dynamic mask (cleaned and grown like the tracking masks). Returns the number of
-    pixels added.
+    pixels added. Runs once per run, one projection of all pixels per (keyframe, neighbour).
     """
     n = len(keyframes)
     if n < 2 or not cfg.enabled or cfg.cross_check_votes <= 0:
@@ -249,27 +249,21 @@ def cross_check(cfg: DynamicConfig, keyframes: list[Frame], offsets: tuple[int, 
     H, W = keyframes[0].img_shape
     dev = keyframes[0].X_canon.device
     radius = max(1, int(round(cfg.edge_frac * W)))
+    # per keyframe, once: intrinsics, judgeable pixels (away from depth edges), pose
+    k = [intrinsics_of(f.K, f.X_canon, H, W, f.C_avg()[:, 0] > 1.0) for f in keyframes]
+    usable = [~depth_edges(f.X_canon[:, 2], H, W, cfg.edge_depth_tol, radius) for f in keyframes]
+    T = [f.T_WC.reshape(1, 8).to(dev) for f in keyframes]
     added = 0
-    for lo in range(0, n, batch):
-        ids = list(range(lo, min(lo + batch, n)))
-        hits = torch.zeros(len(ids), H * W, dtype=torch.int16, device=dev)
-        for off in offsets:
-            pairs = [(a, i + off) for a, i in enumerate(ids) if 0 <= i + off < n]
-            for a, j in pairs:  # per pair: projection + pooled lookup, all pixels at once
-                fi, fj = keyframes[ids[a]], keyframes[j]
-                Ti, Tj = fi.T_WC.reshape(1, 8).to(dev), fj.T_WC.reshape(1, 8).to(dev)
-                P = Sim3.act(Sim3.mul(Sim3.inv(Tj), Ti), fi.X_canon)
-                ok_j = fj.C_avg()[:, 0] > 1.0
-                k_j = intrinsics_of(fj.K, fj.X_canon, H, W, ok_j)
-                viol, _ = free_space_violations(P, fj.X_canon[:, 2], k_j, H, W, cfg.rel_thresh, radius, cfg.border_px)
-                usable = ~depth_edges(fi.X_canon[:, 2], H, W, cfg.edge_depth_tol, radius)
-                hits[a] += (viol & usable).to(torch.int16)
-        for a, i in enumerate(ids):
-            f = keyframes[i]
-            m = clean(hits[a] >= cfg.cross_check_votes, H, W)
-            m = dilate(grow(m, f.X_canon[:, 2], H, W, grow_iters(cfg, W), cfg.grow_depth_tol), H, W, cfg.dilate_px)
-            old = f.extras.get(MASK)
-            new = m if old is None else (m | old.reshape(-1).to(dev))
-            added += int(new.sum()) - (0 if old is None else int(old.sum()))
-            f.extras[MASK] = new
+    for i, f in enumerate(keyframes):
+        hits = torch.zeros(H * W, dtype=torch.int16, device=dev)
+        for j in (i + o for o in offsets if 0 <= i + o < n):
+            P = Sim3.act(Sim3.mul(Sim3.inv(T[j]), T[i]), f.X_canon)
+            viol, _ = free_space_violations(P, keyframes[j].X_canon[:, 2], k[j], H, W, cfg.rel_thresh, radius, cfg.border_px)
+            hits += (viol & usable[i]).to(torch.int16)
+        m = clean(hits >= cfg.cross_check_votes, H, W)
+        m = dilate(grow(m, f.X_canon[:, 2], H, W, grow_iters(cfg, W), cfg.grow_depth_tol), H, W, cfg.dilate_px)
+        old = f.extras.get(MASK)
+        new = m if old is None else (m | old.reshape(-1).to(dev))
+        added += int(new.sum()) - (0 if old is None else int(old.sum()))
+        f.extras[MASK] = new
     return added
