@@ -107,7 +107,7 @@ class FactorGraph:
             return False, EdgeStats(0, n_invalid, stats_fr)
         keep = ~invalid
         if self.cfg.dynamic.enabled:
-            valid_j, valid_i = self._drop_moving_matches(ii, jj, ii_t, jj_t, idx_i2j, idx_j2i, valid_j, valid_i)
+            valid_j, valid_i = self._drop_moving_matches(frames_i, frames_j, ii_t, jj_t, idx_i2j, idx_j2i, valid_j, valid_i)
         self.ii = torch.cat([self.ii, ii_t[keep]])
         self.jj = torch.cat([self.jj, jj_t[keep]])
         self.idx_ii2jj = torch.cat([self.idx_ii2jj, idx_i2j[keep]])
@@ -122,7 +122,7 @@ class FactorGraph:
         added = B - n_invalid
         return added > 0, EdgeStats(added, n_invalid, stats_fr)
 
-    def _drop_moving_matches(self, ii, jj, ii_t, jj_t, idx_i2j, idx_j2i, valid_j, valid_i):
+    def _drop_moving_matches(self, frames_i, frames_j, ii_t, jj_t, idx_i2j, idx_j2i, valid_j, valid_i):
         """Leave out matches of nearby keyframes whose two points disagree in 3D (world, current
         poses) by more than ``dynamic.rel_thresh`` of the range: a moving object that the network
         registered onto itself would otherwise pull the two poses by its own motion.
@@ -134,8 +134,9 @@ class FactorGraph:
         near = (ii_t - jj_t).abs() <= gap
         if gap <= 0 or not bool(near.any()):
             return valid_j, valid_i
-        Xi, _, Ti, _ = self.kf.stack(list(ii))
-        Xj, _, Tj, _ = self.kf.stack(list(jj))
+        # the keyframes this call already read (no second pass through the store)
+        Xi, Ti = torch.stack([f.X_canon for f in frames_i]), torch.cat([f.T_WC for f in frames_i])
+        Xj, Tj = torch.stack([f.X_canon for f in frames_j]), torch.cat([f.T_WC for f in frames_j])
         tau = self.cfg.dynamic.rel_thresh
 
         def bad(X_row, T_row, X_other, T_other, idx):  # rows: pixels of one keyframe; idx into the other
