@@ -8,7 +8,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_fp16.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #include "bindings.h"
@@ -373,16 +375,22 @@ __global__ void refine_matches_kernel(const T* __restrict__ D11,  // [B, H, W, F
 // result of two float16 operands rounded once more to float16 equals the correctly rounded float16
 // result (float has 24 >= 2 * 11 + 2 significand bits).
 // ------------------------------------------------------------------------------------------------
+// Where group i of D11 [B, HW, kVec] (16-byte groups, source order) goes in the planes
+// [B, kVec, HW] (pack_desc_kernel and pack_desc_cast_kernel).
+__device__ __forceinline__ int packed_index(int i, int HW, int kVec) {
+  const int k = i % kVec;
+  const int bp = i / kVec;
+  const int b = bp / HW;
+  const int p = bp - b * HW;
+  return (b * kVec + k) * HW + p;
+}
+
 __global__ void pack_desc_kernel(const uint4* __restrict__ src,  // [B, HW, kVec]
                                  uint4* __restrict__ dst,  // [B, kVec, HW]
                                  int HW, int kVec, int total) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= total) return;
-  const int k = i % kVec;
-  const int bp = i / kVec;
-  const int b = bp / HW;
-  const int p = bp - b * HW;
-  dst[(b * kVec + k) * HW + p] = src[i];
+  dst[packed_index(i, HW, kVec)] = src[i];
 }
 
 __device__ __forceinline__ __half2 as_half2(unsigned int w) {
@@ -401,6 +409,30 @@ __device__ __forceinline__ __half dot8(const __half2* q, const uint4& x, __half 
     s = __hadd_rn(s, __high2half(p));  // channel 2m + 1
   }
   return s;
+}
+
+// The score of one candidate: the kVec 16-byte groups x dotted with the query, from +0, in channel
+// order; with keep_best below, refine_tile_kernel's per-candidate step, the same expressions as
+// refine_half_kernel's loop body (which keeps its own copy: its generated code is unchanged).
+template <int kVec>
+__device__ __forceinline__ __half score_desc(const __half2* qd, const uint4* x) {
+  __half s = __ushort_as_half(0);  // +0
+#pragma unroll
+  for (int k = 0; k < kVec; k++) s = dot8(qd + 4 * k, x[k], s);
+  return s;
+}
+
+// The original's choice, independent of the visiting order within a level: a candidate with scan
+// index o (u outer, v inner) replaces the best if its score is larger, or equal with a smaller
+// index; the best carried over from the previous levels has o_best = -1, so only a strictly larger
+// score replaces it. NaN scores never win.
+__device__ __forceinline__ void keep_best(__half s, int o, int u, int v, __half& best, int& o_best, int& u_best, int& v_best) {
+  if (__hgt(s, best) || (__heq(s, best) && o < o_best)) {
+    best = s;
+    o_best = o;
+    u_best = u;
+    v_best = v;
+  }
 }
 
 // The query descriptor as 4 kVec half2 (channels 2m, 2m + 1): from 16-byte groups (the float16
@@ -513,6 +545,161 @@ __global__ void refine_half_kernel(const uint4* __restrict__ D11p,  // [B, kVec,
   }
 }
 
+// ------------------------------------------------------------------------------------------------
+// Refinement variants for match's case (refine_matches_lin with tiled = true, F = 24, radius 3),
+// chosen at run time with MAST3R_SLAM_REFINE_VARIANT (refine_variant(); 0 or unset: the
+// refine_half_kernel above; other shapes always use it). Every variant scores a candidate with
+// score_desc and chooses with keep_best, so it computes the same float16 scores and, since
+// keep_best's choice does not depend on the visiting order within a level, the same matches.
+// Blocks take kTW x kTH tiles of query pixels (thread t: column t % kTW, row t / kTW).
+//   kWW = 0: candidates read from global memory as in refine_half_kernel, but the radius is a
+//            compile-time constant: a row of 2 kR + 1 candidates is unrolled, its addresses
+//            clamped into the image (out-of-image candidates are loaded but not scored), so a
+//            thread has 7 independent loads and float16 chains in flight instead of one.
+//   kWW > 0: shared-memory window. The footprint of a 16 x 16 tile at dilation 5 is 46 x 46 pixels
+//            read by 256 x 49 candidates; through L1 with ~10 resident blocks per SM (each ~100 KB
+//            of footprint) most of those reads went to L2. Per level the block stages a window of
+//            the packed descriptor image around its queries' centres into shared memory (coalesced
+//            16-byte loads, each pixel once), then reads candidates from there. Where the centres
+//            are not a smooth shift of the tile (noise, outliers, starts outside the image), the
+//            candidates outside the window are read from global memory: any input gives the same
+//            result, only the speed depends on it. The window: kTW + 2 kR d + 2 kSlack columns by
+//            kTH + 2 kR d + 2 kSlack rows (at most kWW x kWH), centred on the tile moved by the
+//            mean of (centre - query pixel) over the tile.
+// ------------------------------------------------------------------------------------------------
+constexpr int kSlack = 2;
+
+__device__ __forceinline__ int warp_sum(int x) {
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) x += __shfl_xor_sync(0xffffffffu, x, m);
+  return x;
+}
+
+__device__ __forceinline__ int clamp_offset(int c, int p) {  // centre - pixel, bounded (no overflow in the block sum)
+  const long long o = static_cast<long long>(c) - p;
+  return static_cast<int>(o < -65536 ? -65536 : (o > 65536 ? 65536 : o));
+}
+
+template <int kVec, typename TQ, int kR, int kTW, int kTH, int kWW, int kWH>
+__global__ void __launch_bounds__(kTW * kTH, 65536 / (kTW * kTH * 128))
+    refine_tile_kernel(const uint4* __restrict__ D11p,  // [B, kVec, HW] (8 halves each)
+                       const TQ* __restrict__ D21,  // [B, HW, 8 kVec]
+                       const int64_t* __restrict__ p1,  // [B, HW, 2]
+                       int64_t* __restrict__ p1_new,  // [B, HW] linear indices
+                       int H, int W, int dilation_max) {
+  constexpr int kThreads = kTW * kTH;
+  constexpr int kWarps = kThreads / 32;
+  constexpr bool kSmem = kWW > 0;
+  constexpr int kSide = 2 * kR + 1;
+  static_assert(kThreads % 32 == 0, "whole warps");
+  extern __shared__ uint4 win[];  // [kVec][RH][RW] (kSmem)
+  __shared__ int red[2][kWarps];
+  const int tiles_x = (W + kTW - 1) / kTW;
+  const int ty = blockIdx.x / tiles_x;
+  const int x0 = (blockIdx.x - ty * tiles_x) * kTW;
+  const int y0 = ty * kTH;
+  const int x = x0 + static_cast<int>(threadIdx.x) % kTW;
+  const int y = y0 + static_cast<int>(threadIdx.x) / kTW;
+  const bool active = x < W && y < H;
+  if (!kSmem && !active) return;  // (with kSmem every thread takes part in the barriers)
+  const int b = blockIdx.y;
+  const int HW = H * W;
+  const uint4* img = D11p + static_cast<int64_t>(b) * kVec * HW;
+  const int64_t q = static_cast<int64_t>(b) * HW + (active ? y * W + x : 0);
+  __half2 qd[4 * kVec];
+  int u0 = 0, v0 = 0;
+  if (active) {
+    load_query<kVec>(D21, q, qd);
+    u0 = static_cast<int>(p1[2 * q]);
+    v0 = static_cast<int>(p1[2 * q + 1]);
+  }
+  int u_best = u0, v_best = v0;
+  __half best = __ushort_as_half(0);  // +0: only positive scores win
+  for (int d = dilation_max; d > 0; d--) {
+    const int rd = kR * d;
+    int ox = 0, oy = 0, RW = 1, RH = 1;
+    if (kSmem) {
+      int du = active ? clamp_offset(u0, x) : 0;
+      int dv = active ? clamp_offset(v0, y) : 0;
+      du = warp_sum(du);
+      dv = warp_sum(dv);
+      if (threadIdx.x % 32 == 0) {
+        red[0][threadIdx.x / 32] = du;
+        red[1][threadIdx.x / 32] = dv;
+      }
+      __syncthreads();  // red complete; every thread is done with the previous level's window
+      int su = 0, sv = 0;
+#pragma unroll
+      for (int w = 0; w < kWarps; w++) {
+        su += red[0][w];
+        sv += red[1][w];
+      }
+      const int cnt = min(W - x0, kTW) * min(H - y0, kTH);  // active queries of the tile (>= 1)
+      RW = min(kWW, kTW + 2 * rd + 2 * kSlack);
+      RH = min(kWH, kTH + 2 * rd + 2 * kSlack);
+      ox = x0 + su / cnt - rd - (RW - kTW - 2 * rd) / 2;
+      oy = y0 + sv / cnt - rd - (RH - kTH - 2 * rd) / 2;
+      const int plane = RW * RH;
+      for (int i = threadIdx.x; i < kVec * plane; i += kThreads) {
+        const int k = i / plane;
+        const int r = i - k * plane;
+        const int py = r / RW;
+        const int px = r - py * RW;
+        const int gx = ox + px, gy = oy + py;
+        if (static_cast<unsigned>(gx) < static_cast<unsigned>(W) && static_cast<unsigned>(gy) < static_cast<unsigned>(H))
+          win[i] = img[k * HW + gy * W + gx];
+      }
+      __syncthreads();  // window staged; red is next written after this barrier, read before it: no race
+    }
+    if (active) {
+      const int plane = RW * RH;
+      int o_best = -1;
+#pragma unroll 1
+      for (int jv = 0; jv < kSide; jv++) {
+        const int v = v0 - rd + jv * d;
+        if (static_cast<unsigned>(v) >= static_cast<unsigned>(H)) continue;  // a whole row outside
+        const uint4* grow = img + v * W;
+        const int ly = v - oy;
+        const bool row_in = kSmem && static_cast<unsigned>(ly) < static_cast<unsigned>(RH);
+        __half s[kSide];
+        bool ok[kSide];
+#pragma unroll
+        for (int iu = 0; iu < kSide; iu++) {
+          const int u = u0 - rd + iu * d;
+          ok[iu] = static_cast<unsigned>(u) < static_cast<unsigned>(W);
+          uint4 xv[kVec];
+          if (kSmem) {
+            const int lx = u - ox;
+            const bool in_win = row_in && static_cast<unsigned>(lx) < static_cast<unsigned>(RW);
+            if (ok[iu] && !in_win) {
+              const uint4* c = grow + u;
+#pragma unroll
+              for (int k = 0; k < kVec; k++) xv[k] = c[k * HW];
+            } else {  // in the window, or not scored: any window pixel will do
+              const int cx = min(max(lx, 0), RW - 1), cy = min(max(ly, 0), RH - 1);
+              const uint4* c = win + cy * RW + cx;
+#pragma unroll
+              for (int k = 0; k < kVec; k++) xv[k] = c[k * plane];
+            }
+          } else {
+            const uint4* c = grow + min(max(u, 0), W - 1);
+#pragma unroll
+            for (int k = 0; k < kVec; k++) xv[k] = c[k * HW];
+          }
+          s[iu] = score_desc<kVec>(qd, xv);
+        }
+#pragma unroll
+        for (int iu = 0; iu < kSide; iu++) {
+          if (ok[iu]) keep_best(s[iu], iu * kSide + jv, u0 - rd + iu * d, v, best, o_best, u_best, v_best);
+        }
+      }
+      u0 = u_best;  // re-centre on the best so far
+      v0 = v_best;
+    }
+  }
+  if (active) p1_new[q] = static_cast<int64_t>(u_best) + static_cast<int64_t>(W) * v_best;
+}
+
 // D11 [B, HW, 8 kVec] float32 or float16 -> planes [B, kVec, HW] of 8 float16 (cast with
 // round-to-nearest-even as Tensor.to(torch.float16); scalar loads: any alignment).
 template <typename T>
@@ -526,17 +713,13 @@ template <typename T>
 __global__ void pack_desc_cast_kernel(const T* __restrict__ src, uint4* __restrict__ dst, int HW, int kVec, int total) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= total) return;
-  const int k = i % kVec;
-  const int bp = i / kVec;
-  const int b = bp / HW;
-  const int p = bp - b * HW;
   const T* s = src + 8 * static_cast<int64_t>(i);
   __half2 h[4];
 #pragma unroll
   for (int m = 0; m < 4; m++) h[m] = __halves2half2(to_half<T>(s[2 * m]), to_half<T>(s[2 * m + 1]));
   uint4 out;
   memcpy(&out, h, sizeof(out));
-  dst[(b * kVec + k) * HW + p] = out;
+  dst[packed_index(i, HW, kVec)] = out;
 }
 
 }  // namespace
@@ -738,6 +921,62 @@ void dispatch_refine_lin(int kVec, bool tiled, int B, cudaStream_t stream, const
   }
 }
 
+// MAST3R_SLAM_REFINE_VARIANT (refine_tile_kernel): read at every call (well under a microsecond),
+// so that a benchmark can switch between calls in one process.
+constexpr int kDefaultRefineVariant = 0;
+constexpr int kRefineVariants = 4;  // 0 .. 3
+
+int refine_variant() {
+  const char* s = std::getenv("MAST3R_SLAM_REFINE_VARIANT");
+  if (s == nullptr || *s == '\0') return kDefaultRefineVariant;
+  char* end = nullptr;
+  const long v = std::strtol(s, &end, 10);
+  TORCH_CHECK(*end == '\0' && v >= 0 && v < kRefineVariants, "MAST3R_SLAM_REFINE_VARIANT must be an integer 0..",
+              kRefineVariants - 1, ", got '", s, "'");
+  return static_cast<int>(v);
+}
+
+// One refine_tile_kernel configuration (radius 3); false if the device cannot give it the shared
+// memory it needs (the caller then uses refine_half_kernel).
+template <int kVec, typename TQ, int kTW, int kTH, int kWW, int kWH>
+bool launch_refine_tile(int B, cudaStream_t stream, const uint4* D11p, const TQ* D21, const int64_t* p1, int64_t* out, int H, int W,
+                        int dilation_max) {
+  auto kernel = refine_tile_kernel<kVec, TQ, 3, kTW, kTH, kWW, kWH>;
+  constexpr size_t smem = static_cast<size_t>(kVec) * kWW * kWH * sizeof(uint4);
+  if (smem > 48 * 1024) {
+    static std::atomic<unsigned long long> ready{0};  // devices on which the attribute is set
+    int dev = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&dev));
+    const unsigned long long bit = dev < 64 ? (1ull << dev) : 0ull;
+    if (bit == 0 || (ready.load() & bit) == 0) {
+      int optin = 0;
+      C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+      if (smem > static_cast<size_t>(optin)) return false;
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+      ready.fetch_or(bit);
+    }
+  }
+  const dim3 grid(((W + kTW - 1) / kTW) * ((H + kTH - 1) / kTH), B);
+  kernel<<<grid, kTW * kTH, smem, stream>>>(D11p, D21, p1, out, H, W, dilation_max);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
+// Variant 1..3 for F = 24 (kVec 3), radius 3, N = HW; false: not launched.
+template <typename TQ>
+bool refine_lin_variant(int variant, int B, cudaStream_t stream, const at::Tensor& planes, const TQ* D21, const at::Tensor& p1,
+                        at::Tensor& out, int H, int W, int dilation_max) {
+  const uint4* D11p = reinterpret_cast<const uint4*>(planes.data_ptr());
+  const int64_t* pp = p1.data_ptr<int64_t>();
+  int64_t* o = out.data_ptr<int64_t>();
+  switch (variant) {
+    case 1: return launch_refine_tile<3, TQ, 16, 8, 0, 0>(B, stream, D11p, D21, pp, o, H, W, dilation_max);
+    case 2: return launch_refine_tile<3, TQ, 16, 16, 48, 48>(B, stream, D11p, D21, pp, o, H, W, dilation_max);
+    case 3: return launch_refine_tile<3, TQ, 32, 16, 64, 48>(B, stream, D11p, D21, pp, o, H, W, dilation_max);
+    default: return false;
+  }
+}
+
 }  // namespace
 
 // float16 refinement of float32 or float16 descriptors (cast to float16 on the fly, as
@@ -767,16 +1006,21 @@ at::Tensor refine_matches_lin_cuda(const at::Tensor& D11, const at::Tensor& D21,
   const int total = static_cast<int>(B * HW * kVec);
   const int r = static_cast<int>(radius), dm = static_cast<int>(dilation_max);
   uint4* dst = reinterpret_cast<uint4*>(planes.data_ptr());
+  // refine_tile_kernel variants: match's case only (tiled, F = 24, radius 3)
+  const int variant = tiled ? refine_variant() : 0;
+  const bool use_variant = variant != 0 && kVec == 3 && r == 3;
   if (D11.scalar_type() == at::kFloat) {
     pack_desc_cast_kernel<float><<<(total + 255) / 256, 256, 0, stream>>>(D11.data_ptr<float>(), dst, static_cast<int>(HW), kVec, total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    dispatch_refine_lin<float>(kVec, tiled, B, stream, planes, D21.data_ptr<float>(), p1, out, H, W, N, r, dm);
+    if (!(use_variant && refine_lin_variant<float>(variant, B, stream, planes, D21.data_ptr<float>(), p1, out, H, W, dm)))
+      dispatch_refine_lin<float>(kVec, tiled, B, stream, planes, D21.data_ptr<float>(), p1, out, H, W, N, r, dm);
   } else {
     pack_desc_cast_kernel<__half><<<(total + 255) / 256, 256, 0, stream>>>(reinterpret_cast<const __half*>(D11.data_ptr<at::Half>()), dst,
                                                                           static_cast<int>(HW), kVec, total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    dispatch_refine_lin<__half>(kVec, tiled, B, stream, planes, reinterpret_cast<const __half*>(D21.data_ptr<at::Half>()), p1, out, H, W, N,
-                                r, dm);
+    const __half* q = reinterpret_cast<const __half*>(D21.data_ptr<at::Half>());
+    if (!(use_variant && refine_lin_variant<__half>(variant, B, stream, planes, q, p1, out, H, W, dm)))
+      dispatch_refine_lin<__half>(kVec, tiled, B, stream, planes, q, p1, out, H, W, N, r, dm);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
