@@ -194,3 +194,67 @@ def test_fused_paths_equal_op_by_op(monkeypatch):
         assert idx.dtype == torch.int64 and idx.shape == (B, H * W) and valid.shape == (B, H * W, 1)
         assert torch.equal(idx, idx_ref) and torch.equal(valid, valid_ref)
     assert 0.0 < refs[0][1].float().mean().item() < 1.0  # valid and invalid matches both occur
+
+
+def _lin_starts(gen, B, H, W, kind):
+    """[B, HW, 2] int64 refinement starts: a smooth shift of the query pixel with 10% random
+    outliers (some outside the image), or uniformly random ones."""
+    n = torch.arange(H * W)
+    u, v = n % W, n // W
+    if kind == "random":
+        return torch.stack([torch.randint(-3, W + 3, (B, H * W), generator=gen), torch.randint(-3, H + 3, (B, H * W), generator=gen)], -1)
+    p = torch.stack([u + 4 + (v // 17), v - 3], -1)[None].repeat(B, 1, 1)
+    m = torch.rand(B, H * W, generator=gen) < 0.1
+    far = torch.stack([torch.randint(-20, W + 20, (B, H * W), generator=gen), torch.randint(-20, H + 20, (B, H * W), generator=gen)], -1)
+    p[m] = far[m]
+    return p
+
+
+@pytest.mark.parametrize("variant", [1, 2, 3])
+def test_refine_variants_equal_default(monkeypatch, variant):
+    """MAST3R_SLAM_REFINE_VARIANT = 1..3 (refine_tile_kernel: unrolled global loads, shared-memory
+    windows) gives exactly the linear indices of the default refine_half_kernel, for float32 and
+    float16 descriptors, smooth starts with outliers and random ones, partial tiles, dilation_max
+    1 / 5 / 7, tie-heavy descriptors, and the whole match(); variant 0 is also the exact float16
+    emulation."""
+    monkeypatch.setenv("MAST3R_SLAM_OPS", "cuda")
+    ext = ops._backend.get_extension()
+    if not hasattr(ext, "refine_matches_lin"):
+        pytest.skip("prebuilt extension without refine_matches_lin")
+    gen = torch.Generator().manual_seed(40 + variant)
+
+    def both(fn):
+        monkeypatch.setenv("MAST3R_SLAM_REFINE_VARIANT", "0")
+        ref = fn()
+        monkeypatch.setenv("MAST3R_SLAM_REFINE_VARIANT", str(variant))
+        return ref, fn()
+
+    for B, H, W in ((2, 37, 53), (1, 70, 100)):
+        D11 = torch.nn.functional.normalize(torch.randn(B, H, W, 24, generator=gen), dim=-1)
+        shifted = torch.roll(D11, shifts=(3, -4), dims=(1, 2)).reshape(B, H * W, 24)
+        D21 = torch.nn.functional.normalize(shifted + 0.4 * torch.randn(B, H * W, 24, generator=gen), dim=-1)
+        Dq11 = (D11 * 2).round() / 2  # coarse: many exactly equal float16 scores
+        Dq21 = (torch.nn.functional.normalize(torch.randn(B, H * W, 24, generator=gen), dim=-1) * 2).round() / 2
+        for kind in ("smooth", "random"):
+            p1 = _lin_starts(gen, B, H, W, kind)
+            p1c = p1.cuda()
+            for d11, d21 in ((D11, D21), (D11.half(), D21.half()), (Dq11, Dq21)):
+                a, q = d11.cuda(), d21.cuda()
+                for dm in (1, 5, 7):
+                    ref, out = both(lambda: ext.refine_matches_lin(a, q, p1c, 3, dm, True))
+                    assert torch.equal(out, ref), (B, H, W, kind, d11.dtype, dm)
+            if kind == "smooth":  # the variant = the exact float16 emulation (starts inside the image for it)
+                pe = torch.stack([p1[..., 0].clamp(0, W - 1), p1[..., 1].clamp(0, H - 1)], -1)
+                ref_px = _refine_matches(D11.half(), D21.half(), pe, 3, 5, fp16_exact=True)
+                monkeypatch.setenv("MAST3R_SLAM_REFINE_VARIANT", str(variant))
+                out = ext.refine_matches_lin(D11.cuda(), D21.cuda(), pe.cuda(), 3, 5, True).cpu()
+                assert torch.equal(out, ref_px[..., 0] + W * ref_px[..., 1])
+                assert (out != pe[..., 0] + W * pe[..., 1]).float().mean().item() > 0.3  # the refinement moves
+    X11, X21, D11, D21 = _scene(gen, 2, 40, 52, 24)
+    cfg = dict(max_iter=10, lambda_init=1e-8, convergence_thresh=1e-6, dist_thresh=0.1, radius=3, dilation_max=5)
+    (i0, v0), (i1, v1) = both(lambda: matching.match(X11, X21, D11, D21, **cfg))
+    assert torch.equal(i1, i0) and torch.equal(v1, v0)
+    monkeypatch.setenv("MAST3R_SLAM_REFINE_VARIANT", "9")
+    with pytest.raises(RuntimeError, match="MAST3R_SLAM_REFINE_VARIANT"):
+        ext.refine_matches_lin(D11.contiguous(), D21.reshape(2, -1, 24).contiguous(), _lin_starts(gen, 2, 40, 52, "random").cuda(),
+                               3, 5, True)
