@@ -565,7 +565,9 @@ __global__ void refine_half_kernel(const uint4* __restrict__ D11p,  // [B, kVec,
 //            candidates outside the window are read from global memory: any input gives the same
 //            result, only the speed depends on it. The window: kTW + 2 kR d + 2 kSlack columns by
 //            kTH + 2 kR d + 2 kSlack rows (at most kWW x kWH), centred on the tile moved by the
-//            mean of (centre - query pixel) over the tile.
+//            mean of (centre - query pixel) over the tile (integer, one block reduction per level).
+//            Two barriers per level; 16 x 16 tiles with a 48 x 48 window (110.6 KB) run 2 blocks
+//            per SM, so one block's staging overlaps the other's scoring.
 // ------------------------------------------------------------------------------------------------
 constexpr int kSlack = 2;
 
@@ -639,15 +641,40 @@ __global__ void __launch_bounds__(kTW * kTH, 65536 / (kTW * kTH * 128))
       RH = min(kWH, kTH + 2 * rd + 2 * kSlack);
       ox = x0 + su / cnt - rd - (RW - kTW - 2 * rd) / 2;
       oy = y0 + sv / cnt - rd - (RH - kTH - 2 * rd) / 2;
+      // Staging: warp w copies rows w, w + kWarps, ... of each plane, lane l columns l, l + 32, ...;
+      // kBatch rows are loaded into registers before they are stored (kBatch * kCols loads in
+      // flight per thread). Pixels outside the image are not copied (never read as candidates).
       const int plane = RW * RH;
-      for (int i = threadIdx.x; i < kVec * plane; i += kThreads) {
-        const int k = i / plane;
-        const int r = i - k * plane;
-        const int py = r / RW;
-        const int px = r - py * RW;
-        const int gx = ox + px, gy = oy + py;
-        if (static_cast<unsigned>(gx) < static_cast<unsigned>(W) && static_cast<unsigned>(gy) < static_cast<unsigned>(H))
-          win[i] = img[k * HW + gy * W + gx];
+      const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+      constexpr int kCols = kWW > 32 ? (kWW + 31) / 32 : 1;
+      constexpr int kBatch = 4;
+#pragma unroll 1
+      for (int k = 0; k < kVec; k++) {
+        const uint4* src = img + k * HW;
+        uint4* dst = win + k * plane;
+#pragma unroll 1
+        for (int py0 = warp; py0 < RH; py0 += kBatch * kWarps) {
+          uint4 t[kBatch][kCols];
+          bool copy[kBatch][kCols];
+#pragma unroll
+          for (int j = 0; j < kBatch; j++) {
+            const int py = py0 + j * kWarps, gy = oy + py;
+#pragma unroll
+            for (int c = 0; c < kCols; c++) {
+              const int px = lane + 32 * c, gx = ox + px;
+              copy[j][c] = py < RH && px < RW && static_cast<unsigned>(gx) < static_cast<unsigned>(W) &&
+                           static_cast<unsigned>(gy) < static_cast<unsigned>(H);
+              if (copy[j][c]) t[j][c] = src[gy * W + gx];
+            }
+          }
+#pragma unroll
+          for (int j = 0; j < kBatch; j++) {
+#pragma unroll
+            for (int c = 0; c < kCols; c++) {
+              if (copy[j][c]) dst[(py0 + j * kWarps) * RW + lane + 32 * c] = t[j][c];
+            }
+          }
+        }
       }
       __syncthreads();  // window staged; red is next written after this barrier, read before it: no race
     }
@@ -953,6 +980,8 @@ bool launch_refine_tile(int B, cudaStream_t stream, const uint4* D11p, const TQ*
       C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
       if (smem > static_cast<size_t>(optin)) return false;
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+      // a hint: the largest shared-memory carve-out, so that two 110 KB blocks fit on an SM
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
       ready.fetch_or(bit);
     }
   }
