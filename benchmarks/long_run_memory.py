@@ -2,8 +2,11 @@
 (default 5000) with the ground-truth stand-in prior, sampling the resident memory of the frontend
 and backend processes and the size of the shared keyframe store.
 
-What it shows: memory grows with the number of keyframes (their pointmaps and graph edges), not
-with the number of frames, and there is no fixed keyframe capacity.
+What it shows: memory follows the number of keyframes (their pointmaps and graph edges), not the
+number of frames, and there is no fixed keyframe capacity. With keyframe re-use (default,
+``tracking.reuse_keyframes``) revisits add no keyframes, so memory plateaus after the first pass;
+``--no-reuse`` shows the original's growth. ``backend queue`` is the number of requests the backend
+had not served yet at each sample (0: it keeps up); ``drain s`` how long finish() waited for it.
 
     python benchmarks/long_run_memory.py --frames 5000 --size 64x48 --out memory.json
 """
@@ -81,6 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=250)
     ap.add_argument("--single-thread", action="store_true")
     ap.add_argument("--window", type=int, default=0, help="local_opt.window_size (0: all keyframes, like the original)")
+    ap.add_argument("--no-reuse", action="store_true", help="tracking.reuse_keyframes=false (the original's keyframing)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
@@ -89,6 +93,8 @@ def main(argv=None) -> int:
     sets = [f"dataset.img_size={max(W, H)}", f"single_thread={'true' if args.single_thread else 'false'}"]
     if args.window:
         sets.append(f"local_opt.window_size={args.window}")
+    if args.no_reuse:
+        sets.append("tracking.reuse_keyframes=false")
     cfg = load_config(None, sets)
     ds = BackAndForth(load_dataset(f"synthetic:loop:{W}x{H}"), args.frames)
     prior = make_oracle_prior(ds, cfg, "cpu")
@@ -100,6 +106,7 @@ def main(argv=None) -> int:
             slam.track(i, f"{i / 30:.6f}", ds.frame_rgb(i).rgb)
             if i % args.every == 0 or i == args.frames - 1:
                 bpid = getattr(getattr(slam.backend, "proc", None), "pid", None)
+                tasks = getattr(slam.backend, "tasks", None)
                 row = {
                     "frame": i,
                     "keyframes": len(slam.store),
@@ -107,19 +114,25 @@ def main(argv=None) -> int:
                     "frontend_rss_mb": rss_mb(os.getpid()),
                     "backend_rss_mb": rss_mb(bpid) if bpid else 0.0,
                     "store_mb": dir_mb(slam.store.root),
+                    "backend_queue": tasks.qsize() if tasks is not None else 0,
+                    "reused": slam.n_reused,
                     "seconds": time.time() - t0,
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+        t_fin = time.time()
         res = slam.finish()
+        drain = time.time() - t_fin
     finally:
         slam.close()
-    print("\n| frame | keyframes | edges | frontend RSS MB | backend RSS MB | store MB | s |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\nsets {sets}; stats {res.stats}; drain {drain:.1f} s")
+    print("\n| frame | keyframes | edges | re-used | backend queue | frontend RSS MB | backend RSS MB | store MB | s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['frame']} | {r['keyframes']} | {r['edges']} | {r['frontend_rss_mb']:.0f} | {r['backend_rss_mb']:.0f} | {r['store_mb']:.1f} | {r['seconds']:.0f} |")
+        print(f"| {r['frame']} | {r['keyframes']} | {r['edges']} | {r['reused']} | {r['backend_queue']} | {r['frontend_rss_mb']:.0f} "
+              f"| {r['backend_rss_mb']:.0f} | {r['store_mb']:.1f} | {r['seconds']:.0f} |")
     if args.out:
-        Path(args.out).write_text(json.dumps({"rows": rows, "stats": res.stats}, indent=1))
+        Path(args.out).write_text(json.dumps({"rows": rows, "stats": res.stats, "drain_s": drain, "sets": sets}, indent=1))
     return 0
 
 

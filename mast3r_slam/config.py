@@ -71,12 +71,19 @@ class TrackingConfig:
     depth_eps: float = 1e-6
     filtering_mode: str = "weighted_pointmap"
     filtering_score: str = "median"
+    # ours (not in the original; docs/QUIRKS.md): before making a new keyframe, try to track the
+    # frame against up to ``reuse_candidates`` existing keyframes near its pose; if one needs no new
+    # keyframe the frame switches to it (and the backend links it to the previous keyframe)
+    reuse_keyframes: bool = True
+    reuse_candidates: int = 2  # nearest keyframes tried (0: off, like reuse_keyframes False)
+    reuse_max_dist: float = 0.5  # camera-centre distance / (keyframe median depth x its scale)
+    reuse_max_angle: float = 30.0  # degrees between the viewing directions
 
 
 @dataclass
 class LocalOptConfig:
     pin: int = 1
-    window_size: float = 1e6
+    window_size: float = 1e6  # ours: implemented (the original ignored it); keyframes optimised per solve, the rest fixed
     C_conf: float = 0.0
     Q_conf: float = 1.5
     min_match_frac: float = 0.1

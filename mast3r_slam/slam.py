@@ -9,6 +9,14 @@ Per-frame poses: every tracked frame stores its pose relative to the keyframe it
 against; the output trajectory composes it with that keyframe's *final* (globally optimised)
 pose, so every frame gets a pose consistent with the optimised map (the original wrote keyframe
 poses only).
+
+Keyframe re-use (ours, ``tracking.reuse_keyframes``; docs/QUIRKS.md): when tracking asks for a new
+keyframe, the frame is first tracked against up to ``tracking.reuse_candidates`` existing keyframes
+near its pose (backend-optimised poses; camera-centre distance relative to the keyframe's median
+depth times its scale, and viewing angle). If one of them needs no new keyframe, tracking switches
+to it and the backend links it to the previous tracking keyframe; otherwise a keyframe is made as
+in the original. A camera that revisits places then stops adding keyframes, so memory and backend
+work stay bounded. The extra tracking runs only at keyframe decisions.
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ from .config import Config
 from .errors import WorkerError
 from .frame import Frame, Mode, create_frame
 from .fusion import make_fusion
-from .lie import Sim3
+from .lie import Sim3, quat_rotate
 from .priors.base import Prior
 from .runtime.store import KeyframeStore
 from .timing import timed
@@ -98,6 +106,8 @@ class Slam:
         self.rel: list[tuple[int, torch.Tensor] | None] = []
         self.n_reloc = 0
         self.n_lost_frames = 0
+        self.n_reused = 0  # keyframe decisions served by an existing keyframe
+        self._kf_depth: list[float] = []  # median point distance of each keyframe (its own camera units)
         self.t_start = None
         self._viewer_dead_reported = False
 
@@ -187,6 +197,55 @@ class Slam:
         self.kf = frame
         self.kf_idx = idx
 
+    def _median_depths(self, n: int) -> torch.Tensor:
+        """Median point distance of keyframes 0..n-1 (read once per keyframe from the store)."""
+        for i in range(len(self._kf_depth), n):
+            X = torch.from_numpy(self.store.read(i, ("X",))["X"]).reshape(-1, 3)
+            r = X.norm(dim=-1)
+            r = r[torch.isfinite(r) & (r > 0)]
+            self._kf_depth.append(float(r.median()) if r.numel() else float("nan"))
+        return torch.tensor(self._kf_depth[:n], dtype=torch.float64)
+
+    def _reuse_candidates(self, frame: Frame) -> list[int]:
+        """Existing keyframes near the frame's pose, nearest first (at most ``reuse_candidates``)."""
+        tc = self.cfg.tracking
+        n = len(self.store)
+        if not tc.reuse_keyframes or tc.reuse_candidates <= 0 or n < 2:
+            return []
+        T = self.store.poses().double()  # [n, 8] backend-optimised
+        Tf = frame.T_WC.detach().reshape(8).cpu().double()
+        depth = self._median_depths(n)
+        dist = (T[:, :3] - Tf[:3]).norm(dim=-1) / (depth * T[:, 7].abs()).clamp_min(1e-12)
+        ez = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+        cos = (quat_rotate(T[:, 3:7], ez) * quat_rotate(Tf[3:7], ez)).sum(-1).clamp(-1.0, 1.0)
+        angle = torch.rad2deg(torch.acos(cos))
+        ok = (dist < tc.reuse_max_dist) & (angle < tc.reuse_max_angle) & torch.isfinite(dist)
+        ok[self.kf_idx] = False
+        score = dist / tc.reuse_max_dist + angle / tc.reuse_max_angle
+        cand = torch.nonzero(ok)[:, 0]
+        order = torch.argsort(score[cand], stable=True)
+        return cand[order][: tc.reuse_candidates].tolist()
+
+    def _try_reuse(self, frame: Frame):
+        """Track ``frame`` against nearby keyframes; (index, keyframe, result) of the first that
+        needs no new keyframe, or None (the frame is then left as it was)."""
+        cands = self._reuse_candidates(frame)
+        if not cands:
+            return None
+        saved = (frame.T_WC, frame.X_canon.clone(), frame.C.clone(), frame.N, frame.N_updates, frame.score, dict(frame.extras))
+        for c in cands:
+            kf = self.store.frame(c, device=self.device)
+            self.tracker.reset()
+            self.tracker.T_CkCf_prev = Sim3.mul(Sim3.inv(kf.T_WC), frame.T_WC)  # the frame's pose relative to c
+            with timed("frontend.reuse_track"):
+                res = self.tracker.track(frame, kf)
+            if res.ok and not res.new_keyframe:
+                return c, kf, res
+            frame.T_WC, X, C, frame.N, frame.N_updates, frame.score, extras = saved
+            frame.X_canon, frame.C, frame.extras = X.clone(), C.clone(), dict(extras)
+        self.tracker.reset()
+        return None
+
     def _check_reloc_done(self) -> None:
         """Switch back to tracking once the backend relocalised a frame."""
         if self.mode == Mode.RELOC and self.store.mode == Mode.TRACKING:
@@ -246,7 +305,19 @@ class Slam:
                 if self.mask_sink is not None and dynamic.MASK in frame.extras:
                     with timed("frontend.mask_write"):
                         self.mask_sink(timestamp, frame.extras[dynamic.MASK].reshape(frame.img_shape).cpu().numpy())
-                if res.new_keyframe:
+                reuse = self._try_reuse(frame) if res.new_keyframe else None
+                if reuse is not None:
+                    c, kf, res_c = reuse
+                    prev = self.kf_idx
+                    self.last_T_WC = frame.T_WC
+                    with timed("frontend.store_write"):
+                        self.store[c] = kf  # fused re-used keyframe -> shared store
+                    self._set_keyframe(kf, c)
+                    self._record(frame, c, res_c.T_CkCf)
+                    self.backend.submit_link(prev, c)
+                    self.n_reused += 1
+                    out = FrameOutcome(index, Mode.TRACKING, False, c, info=f"re-used keyframe {c}")
+                elif res.new_keyframe:
                     if self.cfg.dynamic.enabled:
                         dynamic.init_keyframe(self.cfg.dynamic, frame)
                     with timed("frontend.store_write"):
@@ -312,6 +383,7 @@ class Slam:
             "edges": int(s.get("n_edges")),
             "relocalisations": self.n_reloc,
             "lost_frames": self.n_lost_frames,
+            "reused_keyframes": self.n_reused,
             "fps": N / elapsed if elapsed > 0 else 0.0,
             "seconds": elapsed,
         }

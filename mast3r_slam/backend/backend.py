@@ -4,6 +4,10 @@ This class is process-agnostic: the single-thread mode calls it inline, the mult
 it in the backend process (:mod:`mast3r_slam.backend.process`). Retrieval database ids always equal
 keyframe ids: keyframes are inserted in order and relocalisation requests are served in FIFO order
 after every queued keyframe (the original's race is fixed).
+
+Re-use links (ours, docs/QUIRKS.md): when the frontend switches its tracking keyframe to an
+existing one instead of making a new keyframe, it asks for an edge between the previous tracking
+keyframe and the re-used one (:meth:`Backend.add_link`), served in the same FIFO order.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ class Backend:
         self.db = RetrievalDatabase(prior.retrieval_codebook().to(self.device), device=self.device)
         self.n_inserted = 0  # database ids == keyframe ids
         self.loop_closures = 0
+        self.links_added = 0  # re-use links that became edges
 
     # ------------------------------------------------------------------------------------------
     def _retrieve(self, frame: Frame, add: bool) -> list[int]:
@@ -73,6 +78,7 @@ class Backend:
         cands.discard(idx)
         cands = sorted(cands)
         added = 0
+        self.graph.touch([idx])
         if cands:
             loops = [c for c in cands if c != idx - 1]
             if loops:
@@ -84,6 +90,25 @@ class Backend:
         with timed("backend.global_opt"):
             self.graph.solve()
         return added
+
+    def add_link(self, i: int, j: int) -> int:
+        """Edge between keyframes ``i`` and ``j`` (the frontend switched tracking from one to the
+        other) unless one exists; then a solve. Returns edges added (0 or 1)."""
+        with timed("backend.link"):
+            a, b = min(i, j), max(i, j)
+            if a == b or b >= self.n_inserted or self.graph.has_edge(a, b):
+                return 0
+            ok, stats = self.graph.add_factors([a], [b], self.cfg.local_opt.min_match_frac)
+            if not ok:
+                return 0
+            self.links_added += 1
+            if b != a + 1:
+                self.loop_closures += 1
+            self.graph.touch([a, b])
+            self._publish_edges()
+            with timed("backend.global_opt"):
+                self.graph.solve()
+            return 1
 
     def relocalise(self, frame: Frame) -> RelocResult:
         """Try to attach a lost frame (with its mono pointmap) to the map (spec §6.3, fixed quirks)."""
@@ -110,6 +135,7 @@ class Backend:
         T_best = self.store.poses([best])
         self.store.set_poses([n], T_best)
         self.keyframes.update_poses([n], T_best.to(self.device))
+        self.graph.touch([n])
         self._publish_edges()
         self.graph.solve()
         return RelocResult(True, n, tuple(hits))

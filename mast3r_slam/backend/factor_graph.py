@@ -3,11 +3,18 @@
 Edges (i, j) hold dense pixel correspondences in both directions, found by decoding the pair
 symmetrically (one batched prior call for all new pairs) and matching both directions in one
 batched call. Global Gauss-Newton runs through :mod:`mast3r_slam.ops` (CUDA or PyTorch) on all
-keyframes touched by edges (or, with ``local_opt.window_size`` set, on the most recent ones with
-the rest held fixed), with exactly one pose (the lowest keyframe id) fixed for the gauge.
+keyframes touched by edges, with exactly one pose (the lowest keyframe id) fixed for the gauge, as
+the original.
+
+``local_opt.window_size`` (ours; the original read and ignored it): when the graph has more
+keyframes than that, a solve optimises only the ``window_size`` most recently touched keyframes
+(new keyframes, both ends of re-use links) over every edge that has one of them at an end; the
+other ends of those edges are held fixed (they anchor the gauge). Its cost then no longer grows
+with the map. Match indices are stored as int32 (half the memory per edge) and widened per solve.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -40,8 +47,8 @@ class FactorGraph:
         d = self.device
         self.ii = torch.zeros(0, dtype=torch.long, device=d)
         self.jj = torch.zeros(0, dtype=torch.long, device=d)
-        self.idx_ii2jj = torch.zeros(0, HW, dtype=torch.long, device=d)
-        self.idx_jj2ii = torch.zeros(0, HW, dtype=torch.long, device=d)
+        self.idx_ii2jj = torch.zeros(0, HW, dtype=torch.int32, device=d)  # int32 storage, widened per solve
+        self.idx_jj2ii = torch.zeros(0, HW, dtype=torch.int32, device=d)
         self.valid_match_j = torch.zeros(0, HW, 1, dtype=torch.bool, device=d)
         self.valid_match_i = torch.zeros(0, HW, 1, dtype=torch.bool, device=d)
         self.Q_ii2jj = torch.zeros(0, HW, 1, device=d)
@@ -50,6 +57,21 @@ class FactorGraph:
         self.subpixel = bool(cfg.matching.subpixel)
         self.p_ii2jj = torch.zeros(0, HW, 2, device=d)
         self.p_jj2ii = torch.zeros(0, HW, 2, device=d)
+        self._pairs: set[tuple[int, int]] = set()  # unordered keyframe pairs that have an edge
+        self._recent: OrderedDict[int, None] = OrderedDict()  # keyframes by last touch (window)
+        self.last_solve_size = (0, 0, 0)  # (keyframes optimised, keyframes fixed, edges) of the last solve
+
+    def has_edge(self, i: int, j: int) -> bool:
+        return (min(i, j), max(i, j)) in self._pairs
+
+    def touch(self, ids) -> None:
+        """Mark keyframes as most recently changed (they are optimised first by windowed solves)."""
+        w = max(int(self.cfg.local_opt.window_size), 1) if self.cfg.local_opt.window_size < 1e9 else None
+        for i in ids:
+            self._recent.pop(int(i), None)
+            self._recent[int(i)] = None
+        while w is not None and len(self._recent) > w:
+            self._recent.popitem(last=False)
 
     def __len__(self) -> int:
         return int(self.ii.numel())
@@ -110,8 +132,8 @@ class FactorGraph:
             valid_j, valid_i = self._drop_moving_matches(frames_i, frames_j, ii_t, jj_t, idx_i2j, idx_j2i, valid_j, valid_i)
         self.ii = torch.cat([self.ii, ii_t[keep]])
         self.jj = torch.cat([self.jj, jj_t[keep]])
-        self.idx_ii2jj = torch.cat([self.idx_ii2jj, idx_i2j[keep]])
-        self.idx_jj2ii = torch.cat([self.idx_jj2ii, idx_j2i[keep]])
+        self.idx_ii2jj = torch.cat([self.idx_ii2jj, idx_i2j[keep].to(torch.int32)])
+        self.idx_jj2ii = torch.cat([self.idx_jj2ii, idx_j2i[keep].to(torch.int32)])
         self.valid_match_j = torch.cat([self.valid_match_j, valid_j[keep]])
         self.valid_match_i = torch.cat([self.valid_match_i, valid_i[keep]])
         self.Q_ii2jj = torch.cat([self.Q_ii2jj, Q_j[keep]])
@@ -119,6 +141,9 @@ class FactorGraph:
         if self.subpixel:
             self.p_ii2jj = torch.cat([self.p_ii2jj, p_i2j[keep]])
             self.p_jj2ii = torch.cat([self.p_jj2ii, p_j2i[keep]])
+        for a, b, k in zip(ii, jj, keep.tolist()):
+            if k:
+                self._pairs.add((min(int(a), int(b)), max(int(a), int(b))))
         added = B - n_invalid
         return added > 0, EdgeStats(added, n_invalid, stats_fr)
 
@@ -150,21 +175,49 @@ class FactorGraph:
         return valid_j, valid_i
 
     # ------------------------------------------------------------------------------------------
+    def _problem(self):
+        """Edges and keyframes of the next solve: (edge selection or None for all, keyframe ids in
+        row order, number of fixed leading rows). Without a window (or a window covering the graph):
+        all edges, sorted ids, the lowest fixed, as the original."""
+        lo = self.cfg.local_opt
+        unique = torch.unique(torch.cat([self.ii, self.jj]))  # sorted
+        w = lo.window_size
+        if w >= unique.numel() or not self._recent:
+            return None, unique.tolist(), 1
+        free = torch.as_tensor(list(self._recent)[-max(int(w), 1):], dtype=torch.long, device=self.device)
+        sel = torch.isin(self.ii, free) | torch.isin(self.jj, free)
+        ids = torch.unique(torch.cat([self.ii[sel], self.jj[sel]]))
+        is_free = torch.isin(ids, free)
+        fixed, moving = ids[~is_free].tolist(), ids[is_free].tolist()
+        if not fixed:  # a component of its own: gauge on its lowest id, as the original
+            return sel, moving, 1
+        return sel, fixed + moving, len(fixed)
+
     def solve(self) -> torch.Tensor | None:
-        """Global Gauss-Newton over the keyframes in the graph; writes poses back to the store."""
+        """Gauss-Newton over the keyframes in the graph (or its window); writes poses back to the store."""
         lo = self.cfg.local_opt
         if len(self) == 0 or lo.max_iters <= 0:  # max_iters 0: no global optimisation (frontend only)
             return None
-        unique = torch.unique(torch.cat([self.ii, self.jj]))  # sorted
-        if unique.numel() <= lo.pin:
+        sel, ids, n_fixed = self._problem()
+        if sel is None and len(ids) <= lo.pin:
             return None
-        ii = torch.cat([self.ii, self.jj])
-        jj = torch.cat([self.jj, self.ii])
-        idx = torch.cat([self.idx_ii2jj, self.idx_jj2ii])
-        valid = torch.cat([self.valid_match_j, self.valid_match_i])
-        Q = torch.cat([self.Q_ii2jj, self.Q_jj2ii])
-        p = torch.cat([self.p_ii2jj, self.p_jj2ii]) if self.subpixel else None  # sub-pixel measurements
-        ids = unique.tolist()
+        if len(ids) <= n_fixed:
+            return None
+
+        def pick(t):
+            return t if sel is None else t[sel]
+
+        # row labels: position of every keyframe id in ``ids`` (the solver fixes the first n_fixed rows)
+        lut = torch.full((max(ids) + 1,), -1, dtype=torch.long, device=self.device)
+        lut[torch.as_tensor(ids, dtype=torch.long, device=self.device)] = torch.arange(len(ids), device=self.device)
+        gi, gj = lut[pick(self.ii)], lut[pick(self.jj)]
+        ii = torch.cat([gi, gj])
+        jj = torch.cat([gj, gi])
+        idx = torch.cat([pick(self.idx_ii2jj), pick(self.idx_jj2ii)]).long()
+        valid = torch.cat([pick(self.valid_match_j), pick(self.valid_match_i)])
+        Q = torch.cat([pick(self.Q_ii2jj), pick(self.Q_jj2ii)])
+        p = torch.cat([pick(self.p_ii2jj), pick(self.p_jj2ii)]) if self.subpixel else None  # sub-pixel measurements
+        self.last_solve_size = (len(ids) - n_fixed, n_fixed, int(gi.numel()))
         with timed("backend.store_read"):
             Xs, Cs, T_WC, K = self.kf.stack(ids)
         if self.cfg.dynamic.enabled:  # moving pixels (found by the frontend) constrain nothing
@@ -177,15 +230,16 @@ class FactorGraph:
             dx = ops.gauss_newton_calib(
                 T_WC, Xs, Cs, K, ii, jj, idx, valid, Q, H, W, int(lo.pixel_border), lo.depth_eps,
                 lo.sigma_pixel, lo.sigma_depth, lo.C_conf, lo.Q_conf, lo.max_iters, lo.delta_norm, huber=lo.huber, p_ii2jj=p,
+                n_fixed=n_fixed,
             )
         else:
             dx = ops.gauss_newton_rays(
                 T_WC, Xs, Cs, ii, jj, idx, valid, Q, lo.sigma_ray, lo.sigma_dist, lo.C_conf, lo.Q_conf,
-                lo.max_iters, lo.delta_norm, huber=lo.huber, p_ii2jj=p, width=W,
+                lo.max_iters, lo.delta_norm, huber=lo.huber, p_ii2jj=p, width=W, n_fixed=n_fixed,
             )
-        pin = lo.pin
-        self.kf.store.set_poses(ids[pin:], T_WC[pin:])
-        self.kf.update_poses(ids, T_WC)
+        first = lo.pin if sel is None else n_fixed  # the original writes back unique[pin:]
+        self.kf.store.set_poses(ids[first:], T_WC[first:])
+        self.kf.update_poses(ids[first:], T_WC[first:])
         return dx
 
     def edge_lists(self) -> tuple[list[int], list[int], list[bool]]:

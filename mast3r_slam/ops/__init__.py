@@ -211,12 +211,18 @@ def _check_subpixel(op: str, p_ii2jj, idx_ii2jj: Tensor, HW: int, width, height=
     return p, width
 
 
-def _run_gn(op: str, Twc: Tensor, Twc_c: Tensor, E: int, torch_fn, args: tuple) -> Tensor:
+def _run_gn(op: str, Twc: Tensor, Twc_c: Tensor, E: int, torch_fn, args: tuple, n_fixed: int = 1) -> Tensor:
     n = Twc.shape[0]
-    if n < 2 or E == 0:
-        return torch.zeros(max(n - 1, 0), 7, dtype=Twc.dtype, device=Twc.device)
-    ext = _extension(op, Twc.device)
-    dx = getattr(ext, op)(Twc_c, *args) if ext is not None else torch_fn(Twc_c, *args)
+    _check_int(op, "n_fixed", n_fixed, 1)
+    if n <= n_fixed or E == 0:
+        return torch.zeros(max(n - n_fixed, 0), 7, dtype=Twc.dtype, device=Twc.device)
+    # the CUDA kernel fixes exactly one pose; more fixed poses (windowed solves) take the PyTorch
+    # path, which runs on the same device without host synchronisation
+    ext = _extension(op, Twc.device) if n_fixed == 1 else None
+    if ext is not None:
+        dx = getattr(ext, op)(Twc_c, *args)
+    else:
+        dx = torch_fn(Twc_c, *args, n_fixed=n_fixed) if n_fixed != 1 else torch_fn(Twc_c, *args)
     if Twc_c.data_ptr() != Twc.data_ptr():
         Twc.copy_(Twc_c)
     return dx
@@ -240,6 +246,7 @@ def gauss_newton_rays(
     huber: float = 1.345,
     p_ii2jj: Tensor | None = None,  # [E, HW, 2] float32: sub-pixel (u, v) in ii[e] matched to pixel k of jj[e]
     width: int | None = None,  # image width (required with p_ii2jj)
+    n_fixed: int = 1,  # ours: the first n_fixed rows are held fixed (windowed solves); 1 as the original
 ) -> Tensor:
     """Global Sim(3) pose-graph Gauss-Newton with ray + distance residuals (spec 5.3-5.5).
 
@@ -259,7 +266,7 @@ def gauss_newton_rays(
     p, width = _check_subpixel(op, p_ii2jj, idx, Xs.shape[1], width)
     args = (Xs, Cs, ii, jj, idx, vm, Q, float(sigma_ray), float(sigma_dist), float(C_thresh), float(Q_thresh), max_iter,
             float(delta_thresh), float(huber), p, width)
-    return _run_gn(op, Twc, Twc_c, ii.shape[0], _gauss_newton_rays, args)
+    return _run_gn(op, Twc, Twc_c, ii.shape[0], _gauss_newton_rays, args, n_fixed)
 
 
 def gauss_newton_calib(
@@ -284,6 +291,7 @@ def gauss_newton_calib(
     delta_thresh: float,
     huber: float = 1.345,
     p_ii2jj: Tensor | None = None,  # [E, HW, 2] float32 sub-pixel matches (u, v) in ii[e]
+    n_fixed: int = 1,  # ours: the first n_fixed rows are held fixed (windowed solves)
 ) -> Tensor:
     """Global Sim(3) Gauss-Newton with pixel + log-depth residuals (calibrated). Same conventions
     as :func:`gauss_newton_rays`; returns the last step dx [n-1, 7]. With ``p_ii2jj`` the
@@ -303,7 +311,7 @@ def gauss_newton_calib(
     p, _ = _check_subpixel(op, p_ii2jj, idx, Xs.shape[1], width)
     args = (Xs, Cs, K, ii, jj, idx, vm, Q, height, width, pixel_border, float(z_eps), float(sigma_pixel), float(sigma_depth),
             float(C_thresh), float(Q_thresh), max_iter, float(delta_thresh), float(huber), p)
-    return _run_gn(op, Twc, Twc_c, ii.shape[0], _gauss_newton_calib, args)
+    return _run_gn(op, Twc, Twc_c, ii.shape[0], _gauss_newton_calib, args, n_fixed)
 
 
 def gauss_newton_points(

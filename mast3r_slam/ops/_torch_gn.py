@@ -217,9 +217,11 @@ class _Graph:
         return _rows.scatter_sums(self.variant, acc)
 
 
-def _solve_step(graph: _Graph, Twc: Tensor, ii_pos: Tensor, jj_pos: Tensor, params: dict) -> Tensor:
-    """One Gauss-Newton step dx [n-1, 7] (zeros if the factorisation fails)."""
+def _solve_step(graph: _Graph, Twc: Tensor, ii_pos: Tensor, jj_pos: Tensor, params: dict, n_fixed: int = 1) -> Tensor:
+    """One Gauss-Newton step dx [n-n_fixed, 7] (zeros if the factorisation fails); the first
+    ``n_fixed`` poses are held fixed."""
     n = Twc.shape[0]
+    f = n_fixed
     S = graph.sums(Twc, ii_pos, jj_pos, params)
     A_loc = S[:, :7, :7]
     g_loc = S[:, :7, 7]
@@ -233,27 +235,28 @@ def _solve_step(graph: _Graph, Twc: Tensor, ii_pos: Tensor, jj_pos: Tensor, para
     H.index_add_(0, rows * n + cols, torch.cat([A, A, -A, -A]))
     b = torch.zeros(n, 7, dtype=torch.float64, device=Twc.device)
     b.index_add_(0, torch.cat([ii_pos, jj_pos]), torch.cat([-g, g]))
-    H = H.view(n, n, 7, 7)[1:, 1:].permute(0, 2, 1, 3).reshape(7 * (n - 1), 7 * (n - 1))
-    b = b[1:].reshape(-1, 1)
+    H = H.view(n, n, 7, 7)[f:, f:].permute(0, 2, 1, 3).reshape(7 * (n - f), 7 * (n - f))
+    b = b[f:].reshape(-1, 1)
     L, info = torch.linalg.cholesky_ex(H)
     dx = -torch.cholesky_solve(b, L)
     ok = (info == 0) & torch.isfinite(dx).all()
     dx = torch.where(ok, dx, torch.zeros_like(dx))
-    return dx.reshape(n - 1, 7).to(Twc.dtype)
+    return dx.reshape(n - f, 7).to(Twc.dtype)
 
 
 def _gauss_newton(variant: str, Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, params, max_iter, delta_thresh,
-                  p_ii2jj=None, height=None, width=None) -> Tensor:
+                  p_ii2jj=None, height=None, width=None, n_fixed: int = 1) -> Tensor:
     n = Twc.shape[0]
     ii_pos, jj_pos = keyframe_positions(ii, jj)
     with torch.no_grad():
         graph = _Graph(variant, Xs, Cs, ii_pos, jj_pos, idx_ii2jj, valid_match, Q, params, p_ii2jj, height, width)
         T = Twc.clone()
         active = torch.ones((), dtype=torch.bool, device=Twc.device)
-        dx_last = torch.zeros(n - 1, 7, dtype=Twc.dtype, device=Twc.device)
+        f = n_fixed
+        dx_last = torch.zeros(n - f, 7, dtype=Twc.dtype, device=Twc.device)
         for _ in range(max_iter):
-            dx = _solve_step(graph, T, ii_pos, jj_pos, params)
-            T_new = torch.cat([T[:1], Sim3.retr(T[1:], dx)])
+            dx = _solve_step(graph, T, ii_pos, jj_pos, params, f)
+            T_new = torch.cat([T[:f], Sim3.retr(T[f:], dx)])
             T = torch.where(active, T_new, T)
             dx_last = torch.where(active, dx, dx_last)
             active = active & (torch.linalg.norm(dx) >= delta_thresh)
@@ -265,26 +268,26 @@ def _gauss_newton(variant: str, Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, 
 
 def _gauss_newton_rays(
     Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, sigma_ray, sigma_dist, C_thresh, Q_thresh, max_iter, delta_thresh, huber=1.345,
-    p_ii2jj=None, width=None,
+    p_ii2jj=None, width=None, n_fixed=1,
 ) -> Tensor:
-    """Mirrors ``ops.gauss_newton_rays`` (Twc updated in place; returns the last step [n-1, 7])."""
+    """Mirrors ``ops.gauss_newton_rays`` (Twc updated in place; returns the last step [n-n_fixed, 7])."""
     params = dict(sigma_ray=sigma_ray, sigma_dist=sigma_dist, C_thresh=C_thresh, Q_thresh=Q_thresh, huber=huber)
     height = None if width is None else Xs.shape[1] // width
     return _gauss_newton("rays", Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, params, max_iter, delta_thresh, p_ii2jj,
-                         height, width)
+                         height, width, n_fixed)
 
 
 def _gauss_newton_calib(
     Twc, Xs, Cs, K, ii, jj, idx_ii2jj, valid_match, Q, height, width, pixel_border, z_eps, sigma_pixel, sigma_depth,
-    C_thresh, Q_thresh, max_iter, delta_thresh, huber=1.345, p_ii2jj=None,
+    C_thresh, Q_thresh, max_iter, delta_thresh, huber=1.345, p_ii2jj=None, n_fixed=1,
 ) -> Tensor:
-    """Mirrors ``ops.gauss_newton_calib`` (Twc updated in place; returns the last step [n-1, 7])."""
+    """Mirrors ``ops.gauss_newton_calib`` (Twc updated in place; returns the last step [n-n_fixed, 7])."""
     params = dict(
         K=K, height=height, width=width, pixel_border=pixel_border, z_eps=z_eps, sigma_pixel=sigma_pixel,
         sigma_depth=sigma_depth, C_thresh=C_thresh, Q_thresh=Q_thresh, huber=huber,
     )
     return _gauss_newton("calib", Twc, Xs, Cs, ii, jj, idx_ii2jj, valid_match, Q, params, max_iter, delta_thresh, p_ii2jj,
-                         height, width)
+                         height, width, n_fixed)
 
 
 def _gauss_newton_points(

@@ -42,13 +42,17 @@ class InlineBackend:
     def submit_keyframe(self, idx: int) -> None:
         self.backend.add_keyframe(idx)
 
+    def submit_link(self, i: int, j: int) -> None:
+        """Ask for an edge between keyframes i and j (keyframe re-use), after everything queued."""
+        self.backend.add_link(i, j)
+
     def submit_reloc(self, frame: Frame) -> None:
         self.store.set("reloc_pending", 1)
         _apply_reloc(self.store, self.backend.relocalise(frame))
 
     @property
     def stats(self) -> dict:
-        return {"loop_closure_edges": self.backend.loop_closures}
+        return _stats(self.backend)
 
     def alive(self) -> bool:
         return True
@@ -58,6 +62,10 @@ class InlineBackend:
 
     def kill(self) -> None:
         pass
+
+
+def _stats(backend) -> dict:
+    return {"loop_closure_edges": backend.loop_closures, "reuse_links": backend.links_added}
 
 
 def _frame_to_cpu(frame: Frame) -> Frame:
@@ -97,13 +105,15 @@ def backend_main(cfg: Config, prior: Prior, store: KeyframeStore, device: str, t
             store.set("backend_busy", 1)
             if kind == "kf":
                 backend.add_keyframe(payload)
+            elif kind == "link":
+                backend.add_link(*payload)
             elif kind == "reloc":
                 if store.mode == Mode.RELOC:
                     _apply_reloc(store, backend.relocalise(_frame_to(payload, device)))
                 else:
                     store.set("reloc_pending", 0)
             store.set("backend_busy", 0)
-            results.put(("stats", {"loop_closure_edges": backend.loop_closures}))
+            results.put(("stats", _stats(backend)))
     except Exception:
         sys.stderr.write("backend process failed:\n" + traceback.format_exc())
         sys.stderr.flush()
@@ -117,7 +127,7 @@ class ProcessBackend:
         self.store = store
         self.tasks = ctx.Queue()
         self.results = ctx.Queue()
-        self._stats: dict = {"loop_closure_edges": 0}
+        self._stats: dict = {"loop_closure_edges": 0, "reuse_links": 0}
         self.proc = ctx.Process(
             target=backend_main, args=(cfg, prior, store, str(device), self.tasks, self.results, num_threads),
             name="mast3r-slam-backend", daemon=True,
@@ -126,6 +136,9 @@ class ProcessBackend:
 
     def submit_keyframe(self, idx: int) -> None:
         self.tasks.put(("kf", idx))
+
+    def submit_link(self, i: int, j: int) -> None:
+        self.tasks.put(("link", (int(i), int(j))))
 
     def submit_reloc(self, frame: Frame) -> None:
         if self.store.get("reloc_pending"):
