@@ -970,7 +970,7 @@ bool launch_refine_tile(int B, cudaStream_t stream, const uint4* D11p, const TQ*
                         int dilation_max) {
   auto kernel = refine_tile_kernel<kVec, TQ, 3, kTW, kTH, kWW, kWH>;
   constexpr size_t smem = static_cast<size_t>(kVec) * kWW * kWH * sizeof(uint4);
-  if (smem > 48 * 1024) {
+  if constexpr (smem > 48 * 1024) {
     static std::atomic<unsigned long long> ready{0};  // devices on which the attribute is set
     int dev = 0;
     C10_CUDA_CHECK(cudaGetDevice(&dev));
