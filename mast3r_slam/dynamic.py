@@ -116,7 +116,8 @@ def pinhole(X: torch.Tensor, H: int, W: int, valid: torch.Tensor | None = None) 
     b = torch.where(ok, X[:, 1] / z.clamp_min(1e-6), 0.0)
     du, dv = (uv[:, 0] - cx) * ok, (uv[:, 1] - cy) * ok
     f = (du * a + dv * b).sum() / (a * a + b * b).sum().clamp_min(1e-12)
-    return torch.stack([f, f, f.new_tensor(cx), f.new_tensor(cy)])
+    # (full_like rather than new_tensor: no host-to-device copy, so it can be captured in a CUDA graph)
+    return torch.stack([f, f, torch.full_like(f, cx), torch.full_like(f, cy)])
 
 
 def intrinsics_of(K: torch.Tensor | None, X: torch.Tensor, H: int, W: int, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -209,20 +210,75 @@ def keyframe_mask(keyframe: Frame) -> torch.Tensor | None:
     return keyframe.extras.get(MASK)
 
 
-def add_votes(cfg: DynamicConfig, keyframe: Frame, kf_hit: torch.Tensor, H: int, W: int, z: torch.Tensor | None = None) -> None:
-    """Count this frame's evidence against the keyframe's pixels and update its mask."""
+def keyframe_votes(cfg: DynamicConfig, keyframe: Frame, H: int, W: int, device) -> torch.Tensor:
+    """The keyframe's votes [HW] int16 (created on first use, from a stored mask if there is one)."""
     votes = keyframe.extras.get(VOTES)
     if votes is None:
-        votes = torch.zeros(H * W, dtype=torch.int16, device=kf_hit.device)
+        votes = torch.zeros(H * W, dtype=torch.int16, device=device)
         old = keyframe.extras.get(MASK)
         if old is not None:  # a mask without votes (keyframe read back from the store)
-            votes = torch.where(old.reshape(-1), torch.full_like(votes, cfg.keyframe_votes), votes)
+            votes = torch.where(old.reshape(-1).to(device), torch.full_like(votes, cfg.keyframe_votes), votes)
+    return votes
+
+
+def update_votes(cfg: DynamicConfig, votes: torch.Tensor, kf_hit: torch.Tensor, H: int, W: int, z: torch.Tensor | None = None):
+    """(votes, mask): this frame's evidence added to a keyframe's votes, and its mask from them."""
     votes = votes + dilate(kf_hit, H, W, cfg.dilate_px).to(torch.int16)
-    keyframe.extras[VOTES] = votes
     m = clean(votes >= cfg.keyframe_votes, H, W)
     if z is not None:
         m = grow(m, z, H, W, grow_iters(cfg, W), cfg.grow_depth_tol)
-    keyframe.extras[MASK] = m
+    return votes, m
+
+
+def add_votes(cfg: DynamicConfig, keyframe: Frame, kf_hit: torch.Tensor, H: int, W: int, z: torch.Tensor | None = None) -> None:
+    """Count this frame's evidence against the keyframe's pixels and update its mask."""
+    votes = keyframe_votes(cfg, keyframe, H, W, kf_hit.device)
+    keyframe.extras[VOTES], keyframe.extras[MASK] = update_votes(cfg, votes, kf_hit, H, W, z)
+
+
+def track_step(
+    T_CkCf: torch.Tensor,
+    X_f: torch.Tensor,
+    X_k: torch.Tensor,
+    Xf: torch.Tensor,
+    Xk: torch.Tensor,
+    p: torch.Tensor,
+    sqrt_w: torch.Tensor,
+    usable_f: torch.Tensor,
+    usable_k: torch.Tensor,
+    votes: torch.Tensor,
+    kf_dyn: torch.Tensor,
+    *K: torch.Tensor,
+    cfg: DynamicConfig,
+    H: int,
+    W: int,
+):
+    """The whole per-frame check as one fixed-shape function (the tracker captures it in a CUDA
+    graph: it is ~500 small kernels whose launch cost, not their GPU time, dominates).
+
+    T_CkCf [1, 8] solved pose keyframe <- frame; X_f, X_k [HW, 3] the frame's and the keyframe's
+    pointmaps; Xf, Xk [HW, 3] the matched points of the solve (Xf[i] matches keyframe pixel i) and p
+    [HW, 2] the frame pixel of each match; sqrt_w [HW, 1] the solve's weights; usable_* [HW] bool;
+    votes [HW] int16 and kf_dyn [HW] bool the keyframe's votes and mask so far; K: the intrinsics
+    [3, 3] in calibrated mode (then frame and keyframe share them), none otherwise.
+    Returns (frame mask [HW], weights for the second solve [HW, 1] (this frame's moving matches and
+    3D-disagreeing matches removed), keyframe pixels fusion must leave alone [HW], new votes, new
+    keyframe mask)."""
+    Kc = K[0] if K else None
+    k_f = intrinsics_of(Kc, X_f, H, W, usable_f)
+    k_k = intrinsics_of(Kc, X_k, H, W, usable_k)
+    J = judge(cfg, T_CkCf, X_f, X_k, k_f, k_k, usable_f, usable_k, H, W)
+    pix = p.round().long()
+    pix_idx = pix[:, 1].clamp(0, H - 1) * W + pix[:, 0].clamp(0, W - 1)
+    excluded = J.kf_hit | J.frame_mask[pix_idx]  # keyframe pixels that moved or whose match moved
+    # and, for the second solve only, matches whose two points disagree in 3D by more than
+    # rel_thresh of the range with the solved pose: an object that a two-view network registered
+    # onto itself moves sideways without violating free space, yet biases the pose
+    resid = (Sim3.act(T_CkCf, Xf) - Xk).norm(dim=-1)
+    excluded = excluded | (resid > cfg.rel_thresh * Xk.norm(dim=-1))
+    sqrt_w2 = sqrt_w * (~excluded).reshape(-1, 1)
+    votes, kf_mask = update_votes(cfg, votes, J.kf_hit, H, W, X_k[:, 2])
+    return J.frame_mask, sqrt_w2, J.kf_hit | kf_dyn, votes, kf_mask
 
 
 def init_keyframe(cfg: DynamicConfig, frame: Frame) -> None:

@@ -52,6 +52,7 @@ class FrameTracker:
         self.use_calib = use_calib
         self.idx_f2k: torch.Tensor | None = None
         self.T_CkCf_prev: torch.Tensor | None = None  # relative pose of the previous frame to the keyframe
+        self._dyn_graph = None  # CUDA graphs of the moving-object check (captured on first use)
 
     def reset(self) -> None:
         """Forget the match initialisation and motion prior (new keyframe or relocalisation)."""
@@ -133,32 +134,30 @@ class FrameTracker:
 
         Returns (pose, keyframe pixels fusion must leave alone, solution)."""
         cfg, tc = self.dyn, self.cfg
-        X_f = frame.X_canon
-        X_k = keyframe.X_canon
         usable_f = frame.C_avg()[:, 0] > tc.C_conf
         usable_k = keyframe.C_avg()[:, 0] > tc.C_conf
-        k_f = dynamic.intrinsics_of(frame.K, X_f, H, W, usable_f)
-        k_k = dynamic.intrinsics_of(keyframe.K, X_k, H, W, usable_k)
-        J = dynamic.judge(cfg, T_CkCf, X_f, X_k, k_f, k_k, usable_f, usable_k, H, W)
         if p is None:
             p = lin_to_pixel(idx_f2k, W)
-        pix = p.float().round().long()
-        pix_idx = pix[:, 1].clamp(0, H - 1) * W + pix[:, 0].clamp(0, W - 1)
-        excluded = J.kf_hit | J.frame_mask[pix_idx]  # keyframe pixels that moved or whose match moved
-        # and, for this solve only, matches whose two points disagree in 3D by more than rel_thresh
-        # of the range with the solved pose: an object that a two-view network registered onto
-        # itself moves sideways without violating free space, yet biases the pose
-        resid = (Sim3.act(T_CkCf, Xf) - Xk).norm(dim=-1)
-        excluded = excluded | (resid > cfg.rel_thresh * Xk.norm(dim=-1))
+        dev = Xk.device
+        votes = dynamic.keyframe_votes(cfg, keyframe, H, W, dev)
+        kf_dyn = torch.zeros(H * W, dtype=torch.bool, device=dev) if kf_dyn is None else kf_dyn.reshape(-1)
+        K = () if keyframe.K is None else (keyframe.K.reshape(3, 3).to(Xk.dtype),)
+        args = (T_CkCf.reshape(1, 8), frame.X_canon, keyframe.X_canon, Xf, Xk, p.to(Xk.dtype), sqrt_w, usable_f, usable_k, votes, kf_dyn, *K)
+        if dev.type == "cuda":  # one graph replay instead of ~500 kernel launches
+            if self._dyn_graph is None:
+                from .network.cuda_graphs import CudaGraphRunner
+
+                self._dyn_graph = CudaGraphRunner(dynamic.track_step, warmup=1)
+            out = self._dyn_graph.run((H, W, len(K)), args, {"cfg": cfg, "H": H, "W": W})
+        else:
+            out = dynamic.track_step(*args, cfg=cfg, H=H, W=W)
+        frame_mask, sqrt_w2, keep, keyframe.extras[dynamic.VOTES], keyframe.extras[dynamic.MASK] = out
         if cfg.resolve:  # always (no host read to decide): a second solve from the first's pose
-            sqrt_w2 = sqrt_w * (~excluded).reshape(-1, 1)
             sol2 = self._solve(T_CkCf, Xf, Xk, sqrt_w2, keyframe.K, H, W)
             if not bool(sol2.failed):  # the one host read of this step
                 sol = sol2
                 T_CkCf = sol2.T_CkCf.reshape(1, 8)
-        frame.extras[dynamic.MASK] = J.frame_mask
-        dynamic.add_votes(cfg, keyframe, J.kf_hit, H, W, z=X_k[:, 2])
-        keep = J.kf_hit if kf_dyn is None else J.kf_hit | kf_dyn.reshape(-1)
+        frame.extras[dynamic.MASK] = frame_mask
         return T_CkCf, keep, sol
 
     def _solve(self, T_init, Xf, Xk, sqrt_w, K, H, W):

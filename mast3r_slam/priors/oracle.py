@@ -664,7 +664,8 @@ class OraclePrior(Prior):
         Rp = dR @ R12
         tp = (dR @ t12[..., None])[..., 0] + dt.float()
 
-        if em.moving_objects == "registered" and all(d.obj_label is not None for d in f1 + f2):
+        labelled = all(d.obj_label is not None for d in f1 + f2)
+        if em.moving_objects in ("registered", "masked") and labelled:
             O1 = _stack([d.obj_poses for d in f1])
             O2 = _stack([d.obj_poses for d in f2])
             X2p = register_objects(X2p, _stack([d.obj_label for d in f2]), T1, T2, O1, O2)
@@ -682,6 +683,11 @@ class OraclePrior(Prior):
         gg = g[:, None].float()
         C1, C2 = (1 + c1 * gg)[..., None], (1 + c2 * gg)[..., None]
         Q1, Q2 = (q1 * gg)[..., None], (q2 * gg)[..., None]
+        if em.moving_objects == "masked" and labelled:  # perfect handling (evaluation floor)
+            on1 = (_stack([d.obj_label for d in f1]) >= 0)[..., None]
+            on2 = (_stack([d.obj_label for d in f2]) >= 0)[..., None]
+            C1, Q1 = C1.masked_fill(on1, 1.0), Q1.masked_fill(on1, 0.0)
+            C2, Q2 = C2.masked_fill(on2, 1.0), Q2.masked_fill(on2, 0.0)
         D1 = _stack([d.D for d in f1])
         D2 = _stack([d.D for d in f2])
         return Prediction(X1, C1, D1, Q1), Prediction(X2, C2, D2, Q2)

@@ -12,6 +12,9 @@ i) is set by ``OracleErrorModel.moving_objects``:
   leaks into the camera pose.
 * ``"physical"``: the object stays where it was at view j's time (geometrically correct; the
   matcher's distance check then rejects most matches on fast objects by itself).
+* ``"masked"``: registered, but every object pixel gets the lowest confidence (C = 1, Q = 0) in
+  every prediction: no match on an object is used and no object point reaches the map. What
+  perfect moving-object handling could reach (an evaluation floor, not a model of the network).
 
 Objects and their per-frame poses come from the sequence's ``objects.json``; pixels are labelled
 with the object whose primitives contain their ground-truth world point.
@@ -26,7 +29,7 @@ import torch
 from ..eval.moving_objects import inside_primitives
 from ..io.trajectory import pose7_to_matrix
 
-MODES = ("registered", "physical")
+MODES = ("registered", "physical", "masked")
 
 
 @dataclass
