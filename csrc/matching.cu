@@ -950,7 +950,9 @@ void dispatch_refine_lin(int kVec, bool tiled, int B, cudaStream_t stream, const
 
 // MAST3R_SLAM_REFINE_VARIANT (refine_tile_kernel): read at every call (well under a microsecond),
 // so that a benchmark can switch between calls in one process.
-constexpr int kDefaultRefineVariant = 0;
+// 3: fastest on the H100 (docs/BENCHMARKS.md); where a device lacks its 147 KB of shared memory
+// per block, variant 2 and then 1 (global loads only) run instead.
+constexpr int kDefaultRefineVariant = 3;
 constexpr int kRefineVariants = 4;  // 0 .. 3
 
 int refine_variant() {
@@ -958,8 +960,8 @@ int refine_variant() {
   if (s == nullptr || *s == '\0') return kDefaultRefineVariant;
   char* end = nullptr;
   const long v = std::strtol(s, &end, 10);
-  TORCH_CHECK(*end == '\0' && v >= 0 && v < kRefineVariants, "MAST3R_SLAM_REFINE_VARIANT must be an integer 0..",
-              kRefineVariants - 1, ", got '", s, "'");
+  // a developer's switch (benchmarks, tests): anything else than 0..3 means the default
+  if (*end != '\0' || v < 0 || v >= kRefineVariants) return kDefaultRefineVariant;
   return static_cast<int>(v);
 }
 
@@ -1000,8 +1002,11 @@ bool refine_lin_variant(int variant, int B, cudaStream_t stream, const at::Tenso
   int64_t* o = out.data_ptr<int64_t>();
   switch (variant) {
     case 1: return launch_refine_tile<3, TQ, 16, 8, 0, 0>(B, stream, D11p, D21, pp, o, H, W, dilation_max);
-    case 2: return launch_refine_tile<3, TQ, 16, 16, 48, 48>(B, stream, D11p, D21, pp, o, H, W, dilation_max);
-    case 3: return launch_refine_tile<3, TQ, 32, 16, 64, 48>(B, stream, D11p, D21, pp, o, H, W, dilation_max);
+    case 2: return launch_refine_tile<3, TQ, 16, 16, 48, 48>(B, stream, D11p, D21, pp, o, H, W, dilation_max) ||
+                   launch_refine_tile<3, TQ, 16, 8, 0, 0>(B, stream, D11p, D21, pp, o, H, W, dilation_max);
+    case 3: return launch_refine_tile<3, TQ, 32, 16, 64, 48>(B, stream, D11p, D21, pp, o, H, W, dilation_max) ||
+                   launch_refine_tile<3, TQ, 16, 16, 48, 48>(B, stream, D11p, D21, pp, o, H, W, dilation_max) ||
+                   launch_refine_tile<3, TQ, 16, 8, 0, 0>(B, stream, D11p, D21, pp, o, H, W, dilation_max);
     default: return false;
   }
 }
