@@ -158,16 +158,24 @@ def test_oracle_registers_moving_objects_onto_the_first_view():
     i = int(np.argmax(cov))
     j = max((k for k in (i - 2, i - 1, i + 1, i + 2) if 0 <= k < len(cov)), key=lambda k: cov[k])
     frames = [create_frame(k, ds[k].rgb, img_size=64, timestamp=ds[k].timestamp) for k in (i, j)]
-    dist = {}
-    for mode in ("registered", "physical"):
+    dist, preds = {}, {}
+    for mode in ("registered", "physical", "masked"):
         pr = make_oracle_prior(ds, {"exact": True, "img_size": 64, "moving_objects": mode})
         lab = pr.frame_data(frames[1]).obj_label
         assert (lab >= 0).sum() > 20
         assert abs(float((pr.frame_data(frames[0]).obj_label >= 0).float().mean()) - cov[i]) < 0.02  # labels = GT mask
-        a, b = pr.asymmetric(frames[0], frames[1])
+        a, b = preds[mode] = pr.asymmetric(frames[0], frames[1])
         dist[mode] = float(torch.cdist(b.X[lab >= 0], a.X).min(1).values.median())
     assert dist["registered"] < 0.02  # the object's view-2 points sit on its view-1 surface
     assert dist["physical"] > 0.05  # ... or where the object was at view 2's time
+    # "masked" (perfect handling): registered geometry, object pixels at the lowest confidence
+    lab1, lab2 = (pr.frame_data(f).obj_label >= 0 for f in frames)
+    (ra, rb), (ma, mb) = preds["registered"], preds["masked"]
+    assert torch.equal(ma.X, ra.X) and torch.equal(mb.X, rb.X)
+    for lab, m, r in ((lab1, ma, ra), (lab2, mb, rb)):
+        assert bool((m.C[lab] == 1.0).all()) and bool((m.Q[lab] == 0.0).all())
+        assert torch.equal(m.C[~lab], r.C[~lab]) and torch.equal(m.Q[~lab], r.Q[~lab])
+        assert float(r.Q[lab].mean()) > 0.5 and float(r.C[lab].mean()) > 1.5  # what the mask took away
 
 
 def _keyframe(X, T, fid):
