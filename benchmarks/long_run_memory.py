@@ -3,9 +3,10 @@
 and backend processes and the size of the shared keyframe store.
 
 What it shows: memory follows the number of keyframes (their pointmaps and graph edges), not the
-number of frames, and there is no fixed keyframe capacity. With keyframe re-use (default,
-``tracking.reuse_keyframes``) revisits add no keyframes, so memory plateaus after the first pass;
-``--no-reuse`` shows the original's growth. ``backend queue`` is the number of requests the backend
+number of frames, and there is no fixed keyframe capacity. With keyframe re-use (on in this
+benchmark: ``tracking.reuse_keyframes=true``, the setting docs/BENCHMARKS.md recommends for long
+runs) revisits add no keyframes, so memory plateaus after the first pass; ``--no-reuse`` shows the
+original's growth. ``backend queue`` is the number of requests the backend
 had not served yet at each sample (0: it keeps up); ``drain s`` how long finish() waited for it.
 
     python benchmarks/long_run_memory.py --frames 5000 --size 64x48 --out memory.json
@@ -93,8 +94,7 @@ def main(argv=None) -> int:
     sets = [f"dataset.img_size={max(W, H)}", f"single_thread={'true' if args.single_thread else 'false'}"]
     if args.window:
         sets.append(f"local_opt.window_size={args.window}")
-    if args.no_reuse:
-        sets.append("tracking.reuse_keyframes=false")
+    sets.append(f"tracking.reuse_keyframes={'false' if args.no_reuse else 'true'}")
     cfg = load_config(None, sets)
     ds = BackAndForth(load_dataset(f"synthetic:loop:{W}x{H}"), args.frames)
     prior = make_oracle_prior(ds, cfg, "cpu")
