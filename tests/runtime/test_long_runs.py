@@ -74,11 +74,13 @@ def test_revisits_reuse_keyframes_and_stay_accurate(runs):
 
 @pytest.mark.slow
 def test_windowed_backend_bounds_the_solve(runs):
-    kf, ate, length, stats, backend = _back_and_forth(1, "local_opt.window_size=4", "tracking.reuse_keyframes=false")
+    kf, ate, length, stats, backend = _back_and_forth(1, "local_opt.window_size=8", "tracking.reuse_keyframes=false")
     moving, fixed, edges = backend.graph.last_solve_size
     print(f"keyframes {kf}, ATE {ate:.4f} m of {length:.2f} m, last solve {moving} moving / {fixed} fixed / {edges} edges")
-    assert kf[0] > 8  # the window is much smaller than the map
-    assert moving <= 4 and 1 <= fixed and edges < len(backend.graph)
+    assert kf[0] > 16  # the window is much smaller than the map
+    assert moving <= 8 and 1 <= fixed and edges < len(backend.graph)
+    # measured: 10.1 cm of 7.73 m (whole-graph solves: 5.4 cm; window 4: 26 cm): the end-of-lap
+    # loop closure is not spread beyond the window
     assert ate < 0.02 * length
 
 
