@@ -66,6 +66,14 @@ def _small_motion(gen: torch.Generator, scale: float, device) -> torch.Tensor:
     return Sim3.exp(xi.double()).float().to(device)
 
 
+def matching_problems(device) -> dict:
+    """The reference benchmark's matching problems at 512x384: one pair and six pairs."""
+    return {
+        "1pair": make_matching_problem(1, 384, 512, device),
+        "6pairs": make_matching_problem(6, 384, 512, device, seed=1),
+    }
+
+
 def make_matching_problem(B: int, H: int, W: int, device, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     K = _intrinsics(H, W, device)

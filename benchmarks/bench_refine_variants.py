@@ -220,10 +220,7 @@ def main(argv=None) -> int:
     print(f"extension built/loaded ({time.perf_counter() - t0:.1f} s)", flush=True)
     os.environ["MAST3R_SLAM_OPS"] = "cuda"
     dev = torch.device("cuda")
-    problems = {
-        "1pair": bench_kernels.make_matching_problem(1, 384, 512, dev),
-        "6pairs": bench_kernels.make_matching_problem(6, 384, 512, dev, seed=1),
-    }
+    problems = bench_kernels.matching_problems(dev)
     info = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda)
     print(info, flush=True)
     for v in variants:
