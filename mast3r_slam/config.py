@@ -127,17 +127,20 @@ class NetworkConfig:
 class DynamicConfig:
     """Moving-object handling (ours; the original assumes a static world). docs/DYNAMIC.md."""
 
-    enabled: bool = False  # off by default: its GPU cost is not understood yet (docs/DYNAMIC.md)
+    enabled: bool = False  # off by default: a static loop's ATE gets slightly worse with it (docs/DYNAMIC.md)
     rel_thresh: float = 0.15  # a point nearer than (1 - this) x the depth the other view saw there has moved
     edge_frac: float = 0.012  # ... compared with the minimum depth over a window of this fraction of the width
     edge_depth_tol: float = 0.05  # pixels near a relative depth jump above this (blurred edges) are not judged
     border_px: int = 2  # points projecting within this many pixels of the border are not judged
     keyframe_votes: int = 2  # frames that must flag a keyframe pixel before it leaves the map
     dilate_px: int = 1  # grow the masks by this many pixels (object boundaries are blurred)
+    max_moving_frac: float = 0.5  # two views in which more of the judged pixels than this moved are not registered: no evidence
     grow_frac: float = 0.05  # spread masks over depth-continuous surfaces by up to this fraction of the width
     grow_depth_tol: float = 0.03  # neighbours within this relative depth belong to the same surface
     backend_max_gap: int = 2  # backend: matches of keyframes at most this far apart that disagree in 3D are dropped
     cross_check_votes: int = 1  # end of run: neighbouring keyframes that must see a keyframe pixel gone (0: no clean-up)
+    fill_frac: float = 0.3  # end of run: a surface inside depth edges more than this much flagged is flagged whole (0: off)
+    outline_steps: int = 4  # end of run: masks take the depth-edge pixels they touch, up to this many edge windows away (0: off)
     resolve: bool = True  # re-solve the tracking pose without the pixels found to move
 
 

@@ -155,7 +155,7 @@ def free_space_violations(
     nearer than (1 - rel) times that minimum occupies space the view saw through: it was not there
     when the view was taken (a static point would have been seen, or would be hidden behind what
     was seen). Points behind the surface (occluded) or outside the image are not judged.
-    Returns (violation [N] bool, judged [N] bool)."""
+    Returns (violation [N] bool, judged [N] bool, depth ratio z / z_seen [N])."""
     z = P[:, 2]
     zs = z.clamp_min(1e-6)
     u = k[0] * P[:, 0] / zs + k[2]
@@ -167,7 +167,16 @@ def free_space_violations(
     idx = v.round().long().clamp(0, H - 1) * W + u.round().long().clamp(0, W - 1)
     z_seen = zmin[idx]
     judged = judged & torch.isfinite(z_seen)
-    return judged & (z < (1.0 - rel) * z_seen), judged
+    ratio = z / z_seen.clamp_min(1e-6)
+    return judged & (ratio < 1.0 - rel), judged, ratio
+
+
+def plausible(viol: torch.Tensor, judged: torch.Tensor, max_frac: float) -> torch.Tensor:
+    """``viol``, or nothing where more than ``max_frac`` of the judged pixels violate free space:
+    then the two views are not registered (a wrong pose or scale), which says nothing about motion.
+    (Tensor arithmetic only: no host synchronisation, capturable in a CUDA graph.)"""
+    ok = viol.sum() <= max_frac * judged.sum()
+    return viol & ok
 
 
 def judge(
@@ -191,18 +200,52 @@ def judge(
     T = T_CkCf.reshape(1, 8)
     radius = max(1, int(round(cfg.edge_frac * W)))
     Y = Sim3.act(T, X_f)  # frame points in the keyframe camera
-    viol_f, judged_f = free_space_violations(Y, X_k[:, 2], k_k, H, W, cfg.rel_thresh, radius, cfg.border_px)
+    viol_f, judged_f, _ = free_space_violations(Y, X_k[:, 2], k_k, H, W, cfg.rel_thresh, radius, cfg.border_px)
     Z = Sim3.act(Sim3.inv(T), X_k)  # keyframe points in the frame camera
-    viol_k, judged_k = free_space_violations(Z, X_f[:, 2], k_f, H, W, cfg.rel_thresh, radius, cfg.border_px)
+    viol_k, judged_k, _ = free_space_violations(Z, X_f[:, 2], k_f, H, W, cfg.rel_thresh, radius, cfg.border_px)
     edge_px = max(1, int(round(cfg.edge_frac * W)))
     usable_f = usable_f & ~depth_edges(X_f[:, 2], H, W, cfg.edge_depth_tol, edge_px)
     usable_k = usable_k & ~depth_edges(X_k[:, 2], H, W, cfg.edge_depth_tol, edge_px)
-    frame_hit = viol_f & usable_f
-    kf_hit = viol_k & usable_k
+    frame_hit = plausible(viol_f & usable_f, judged_f & usable_f, cfg.max_moving_frac)
+    kf_hit = plausible(viol_k & usable_k, judged_k & usable_k, cfg.max_moving_frac)
     frame_mask = clean(frame_hit, H, W)
     frame_mask = grow(frame_mask, X_f[:, 2], H, W, grow_iters(cfg, W), cfg.grow_depth_tol)
     frame_mask = dilate(frame_mask, H, W, cfg.dilate_px)
     return Judgement(kf_hit=kf_hit, frame_mask=frame_mask, judged_f=judged_f & usable_f, judged_k=judged_k & usable_k)
+
+
+def fill_surfaces(mask: torch.Tensor, band: torch.Tensor, H: int, W: int, frac: float) -> torch.Tensor:
+    """Flag whole every depth-continuous surface of which more than ``frac`` is already flagged.
+
+    ``grow`` spreads a mask a bounded distance (it must not run along the floor from an object's
+    feet); a surface bounded by depth edges all round (a head, a torso) that is mostly flagged is
+    an object part, and its unflagged rest (where it overlapped itself between the two times) moved
+    with it. Surfaces are the 4-connected components of the pixels outside ``band`` (the depth-edge
+    pixels); labelled with OpenCV on the host (end of run only)."""
+    if frac <= 0 or frac >= 1 or not bool(mask.any()):
+        return mask
+    import cv2
+    import numpy as np
+
+    inside = (~band).reshape(H, W).cpu().numpy().astype(np.uint8)
+    n, labels = cv2.connectedComponents(inside, connectivity=4)
+    lab = torch.from_numpy(labels.reshape(-1).astype(np.int64)).to(mask.device)
+    size = torch.bincount(lab, minlength=n)
+    hit = torch.bincount(lab, weights=mask.double(), minlength=n)
+    full = hit > frac * size
+    full[0] = False  # label 0: the band itself
+    return mask | full[lab]
+
+
+def outline(mask: torch.Tensor, band: torch.Tensor, H: int, W: int, px: int) -> torch.Tensor:
+    """Extend a mask over the depth-edge pixels ``band`` it touches, up to ``px`` steps.
+
+    Pointmaps blur depth edges: the pixels along an object's outline have depths between the
+    object and what is behind it, they are never judged (``depth_edges``), and points there smear
+    the object's silhouette into the map. Those connected to the object's mask go with it."""
+    for _ in range(px):
+        mask = mask | (dilate(mask, H, W, 1) & band)
+    return mask
 
 
 def keyframe_mask(keyframe: Frame) -> torch.Tensor | None:
@@ -274,8 +317,11 @@ def track_step(
     # and, for the second solve only, matches whose two points disagree in 3D by more than
     # rel_thresh of the range with the solved pose: an object that a two-view network registered
     # onto itself moves sideways without violating free space, yet biases the pose
+    # (only where free space shows motion in this pair: in a static scene, 3D disagreement is depth
+    # noise and parallax, and the second solve then repeats the first)
     resid = (Sim3.act(T_CkCf, Xf) - Xk).norm(dim=-1)
-    excluded = excluded | (resid > cfg.rel_thresh * Xk.norm(dim=-1))
+    moved = J.frame_mask.any() | J.kf_hit.any() | kf_dyn.any()
+    excluded = excluded | ((resid > cfg.rel_thresh * Xk.norm(dim=-1)) & moved)
     sqrt_w2 = sqrt_w * (~excluded).reshape(-1, 1)
     votes, kf_mask = update_votes(cfg, votes, J.kf_hit, H, W, X_k[:, 2])
     return J.frame_mask, sqrt_w2, J.kf_hit | kf_dyn, votes, kf_mask
@@ -296,8 +342,13 @@ def cross_check(cfg: DynamicConfig, keyframes: list[Frame], offsets: tuple[int, 
     too little while its keyframe was being tracked has usually moved by then. With the final
     poses, every keyframe's points are projected into each neighbour (``offsets`` in keyframe
     order); points in front of what ``cross_check_votes`` neighbours saw have gone and join the
-    keyframe's dynamic mask (cleaned and grown like the tracking masks). Returns the number of
-    pixels added. Runs once per run, one projection of all pixels per (keyframe, neighbour).
+    keyframe's dynamic mask (cleaned and grown like the tracking masks). The test is relative to
+    the bulk of the view (median depth ratio, when below 1): keyframes far apart can disagree in
+    scale after the optimisation, and that says nothing about motion; a pair where most pixels
+    'moved' is ignored (``plausible``). Each mask then takes whole the surfaces it mostly covers
+    (``fill_surfaces``) and the blurred depth-edge pixels along its outline (``outline``).
+    Returns the number of pixels added. Runs once per run, one projection of all pixels per
+    (keyframe, neighbour).
     """
     n = len(keyframes)
     if n < 2 or not cfg.enabled or cfg.cross_check_votes <= 0:
@@ -312,14 +363,24 @@ def cross_check(cfg: DynamicConfig, keyframes: list[Frame], offsets: tuple[int, 
     added = 0
     for i, f in enumerate(keyframes):
         hits = torch.zeros(H * W, dtype=torch.int16, device=dev)
+        seen = torch.zeros_like(hits)  # neighbours that could judge the pixel
         for j in (i + o for o in offsets if 0 <= i + o < n):
             P = Sim3.act(Sim3.mul(Sim3.inv(T[j]), T[i]), f.X_canon)
-            viol, _ = free_space_violations(P, keyframes[j].X_canon[:, 2], k[j], H, W, cfg.rel_thresh, radius, cfg.border_px)
-            hits += (viol & usable[i]).to(torch.int16)
-        m = clean(hits >= cfg.cross_check_votes, H, W)
-        m = dilate(grow(m, f.X_canon[:, 2], H, W, grow_iters(cfg, W), cfg.grow_depth_tol), H, W, cfg.dilate_px)
+            _, judged, ratio = free_space_violations(P, keyframes[j].X_canon[:, 2], k[j], H, W, cfg.rel_thresh, radius, cfg.border_px)
+            judged = judged & usable[i]
+            # keyframes far apart can disagree in scale after the final optimisation: a view whose
+            # bulk lies nearer than the neighbour saw it is compared relative to that bulk
+            bulk = torch.where(judged, ratio, torch.full_like(ratio, float("nan"))).nanmedian().nan_to_num(1.0).clamp(max=1.0)
+            viol = judged & (ratio < (1.0 - cfg.rel_thresh) * bulk)
+            hits += plausible(viol, judged, cfg.max_moving_frac).to(torch.int16)
+            seen += judged.to(torch.int16)
+        z = f.X_canon[:, 2]
+        m = clean((hits >= cfg.cross_check_votes) & (2 * hits > seen), H, W)
+        m = dilate(grow(m, z, H, W, grow_iters(cfg, W), cfg.grow_depth_tol), H, W, cfg.dilate_px)
         old = f.extras.get(MASK)
         new = m if old is None else (m | old.reshape(-1).to(dev))
+        band = ~usable[i]
+        new = outline(fill_surfaces(new, band, H, W, cfg.fill_frac), band, H, W, cfg.outline_steps * radius)
         added += int(new.sum()) - (0 if old is None else int(old.sum()))
         f.extras[MASK] = new
     return added

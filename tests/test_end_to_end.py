@@ -128,7 +128,7 @@ def test_moving_objects_are_kept_out_of_trajectory_and_map(tmp_path, cache, monk
     print(f"ATE on {ate_on:.4f} m, off {ate_off:.4f} m; map points on the objects' paths on {paths_on}, off {paths_off}")
     assert ate_on <= 0.5 * ate_off
     assert paths_off["on_paths"] > 2000  # the objects smear the map without the handling ...
-    assert paths_on["on_paths"] <= 0.3 * paths_off["on_paths"]  # ... and mostly not with it
+    assert paths_on["on_paths"] <= 0.02 * paths_off["on_paths"]  # ... and hardly with it (measured 49 of 8613)
     assert paths_on["points"] >= 0.9 * paths_off["points"]  # the static map is kept
     masks = sorted((out_on / "dynamic_masks").glob("*.png"))
     assert len(masks) >= 10  # the frames that saw a moving object have a mask
@@ -142,7 +142,7 @@ def test_moving_object_handling_does_not_hurt_a_static_scene(tmp_path, cache):
     off, _ = _run(tmp_path, spec, "single_thread=true", name="static_off")
     ate_on, ate_off = on["ate"]["keyframes"]["rmse"], off["ate"]["keyframes"]["rmse"]
     print(f"static loop ATE on {ate_on:.4f} m, off {ate_off:.4f} m")
-    assert ate_on <= 1.10 * ate_off  # within run-to-run differences of the second tracking solve (60 frames: 2.92 vs 2.80 cm)
+    assert ate_on <= 1.02 * ate_off  # not worse (measured 2.80 cm both ways)
     marked = [np.load(f)["dynamic"].mean() for f in (out_on / "keyframes").glob("*.npz")]
     print(f"fraction of keyframe pixels marked moving: max {max(marked):.3f}, mean {np.mean(marked):.4f}")
     # little of a static scene is called moving: the end-of-run clean-up against neighbouring

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import ops
+from .. import dynamic, ops
 from ..config import Config
 from ..geometry import constrain_points_to_ray
 from ..lie import Sim3
@@ -153,10 +153,15 @@ class FactorGraph:
         registered onto itself would otherwise pull the two poses by its own motion.
 
         Only pairs at most ``dynamic.backend_max_gap`` keyframes apart are judged (their poses are
-        locally consistent; a loop closure's are not, before the solve). The match fractions that
-        decided which edges to keep are not changed."""
+        locally consistent; a loop closure's are not, before the solve), and only where the
+        frontend has seen motion in one of the two keyframes (a static scene's matches are left as
+        the original keeps them: 3D disagreement alone is also what depth noise and parallax give).
+        The match fractions that decided which edges to keep are not changed."""
         gap = self.cfg.dynamic.backend_max_gap
-        near = (ii_t - jj_t).abs() <= gap
+        none = torch.zeros(1, dtype=torch.bool, device=ii_t.device)
+        moved = [(m if (m := dynamic.keyframe_mask(f)) is not None else none).reshape(-1).any() for f in (*frames_i, *frames_j)]
+        moved = torch.stack(moved)  # (no host read)
+        near = ((ii_t - jj_t).abs() <= gap) & (moved[: len(frames_i)] | moved[len(frames_i) :])
         if gap <= 0 or not bool(near.any()):
             return valid_j, valid_i
         # the keyframes this call already read (no second pass through the store)

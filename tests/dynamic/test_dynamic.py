@@ -184,18 +184,72 @@ def _keyframe(X, T, fid):
 
 
 @pytest.mark.parametrize("moved", [False, True])
-def test_cross_check_cleans_the_map_with_neighbouring_keyframes(moved):
+@pytest.mark.parametrize("scale_b", [1.0, 0.8])  # 0.8: keyframe b's pointmap 20 % too small for its pose
+def test_cross_check_cleans_the_map_with_neighbouring_keyframes(moved, scale_b):
     X_a, box_a = _render(torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0.0)
     c = torch.tensor([0.2, 0.0, 0.0], dtype=torch.float64)
-    X_b, _ = _render(torch.eye(3, dtype=torch.float64), c, 0.8 if moved else 0.0)
+    X_b, box_b = _render(torch.eye(3, dtype=torch.float64), c, 0.8 if moved else 0.0)
+    X_b = X_b * scale_b
     T_b = torch.tensor([[0.2, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]])
     kfs = [_keyframe(X_a, Sim3.identity(1), 0), _keyframe(X_b, T_b, 1)]
     added = dynamic.cross_check(DynamicConfig(enabled=True), kfs)
     m = kfs[0].extras[dynamic.MASK]
     if not moved:
         assert added == 0 and not m.any() and not kfs[1].extras[dynamic.MASK].any()
-    else:  # keyframe a's board is in front of the wall keyframe b sees there: gone
-        assert m[box_a].float().mean() > 0.8 and not (m & ~dynamic.dilate(box_a, H, W, 1)).any()
+    else:  # keyframe a's board is in front of the wall keyframe b sees there: gone, with its outline
+        band = dynamic.depth_edges(X_a[:, 2], H, W, 0.05, 1)  # (edge window at this width: 1 pixel)
+        assert m[box_a].all() and not (m & ~box_a & ~band).any()
+        m_b, band_b = kfs[1].extras[dynamic.MASK], dynamic.depth_edges(X_b[:, 2], H, W, 0.05, 1)
+        assert m_b[box_b].all() and not (m_b & ~box_b & ~band_b).any()  # b's board, where a saw the wall
+
+
+def _board_depth(blur: bool = False) -> torch.Tensor:
+    """Depth [HW]: a wall at 3 m, a 16 x 12 board at 1 m (optionally with blurred, ramped edges) and
+    a second, 8 x 8 board at 1.2 m elsewhere."""
+    z = torch.full((H, W), 3.0)
+    z[10:22, 10:26] = 1.0
+    z[30:38, 40:48] = 1.2
+    if blur:  # one ring of in-between depths around the first board, as a network predicts
+        ring = dynamic.dilate((z == 1.0).reshape(-1), H, W, 1).reshape(H, W) & (z == 3.0)
+        z[ring] = 2.0
+    return z.reshape(-1)
+
+
+def test_fill_surfaces_flags_a_mostly_flagged_surface_whole():
+    z = _board_depth()
+    band = dynamic.depth_edges(z, H, W, 0.05, 1)
+    board = (z == 1.0) & ~band
+    for frac_flagged, whole in ((0.6, True), (0.3, False)):
+        m = torch.zeros(H, W, dtype=torch.bool)
+        m[10:22, 10 : 10 + int(16 * frac_flagged)] = True
+        m = m.reshape(-1)
+        out = dynamic.fill_surfaces(m, band, H, W, 0.5)
+        assert bool(out[board].all()) == whole
+        assert not (out & ~m & ~board).any()  # nothing beyond the board's surface (wall, band, second board)
+
+
+def test_outline_takes_the_blurred_edge_around_a_mask_only():
+    z = _board_depth(blur=True)
+    band = dynamic.depth_edges(z, H, W, 0.05, 1)
+    board = (z == 1.0).reshape(-1)
+    ring = dynamic.dilate(board, H, W, 1) & ~board  # the blurred depths around the first board
+    out = dynamic.outline(board & ~band, band, H, W, 4)
+    assert out[ring].all()  # its mixed pixels go with it
+    assert not (out & ~dynamic.dilate(board, H, W, 4)).any()  # within the steps
+    assert not out[(z == 1.2)].any()  # the other board's edges stay
+    assert torch.equal(dynamic.outline(board & ~band, band, H, W, 0), board & ~band)
+
+
+def test_unregistered_views_give_no_evidence():
+    """A pose or scale so wrong that most judged pixels 'moved' is a registration failure: no mask, no votes."""
+    X_k, _ = _render(torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0.0)
+    ok = torch.ones(H * W, dtype=torch.bool)
+    T = Sim3.identity(1)
+    J_ok = dynamic.judge(DynamicConfig(enabled=True), T, X_k * 0.995, X_k, K4, K4, ok, ok, H, W)
+    J_bad = dynamic.judge(DynamicConfig(enabled=True), T, X_k * 0.6, X_k, K4, K4, ok, ok, H, W)
+    J_all = dynamic.judge(DynamicConfig(enabled=True, max_moving_frac=1.0), T, X_k * 0.6, X_k, K4, K4, ok, ok, H, W)
+    assert not J_ok.frame_mask.any() and not J_bad.frame_mask.any() and not J_bad.kf_hit.any()
+    assert J_all.frame_mask.float().mean() > 0.9  # (what the guard prevents: the whole frame flagged)
 
 
 def _step_inputs(device: str, calibrated: bool, box_move: float = 0.25):
