@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     ap.add_argument("--network-json", default=None)
     ap.add_argument("--kernels-json", default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable), e.g. dynamic.enabled=false")
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
     if args.threads > 0:
@@ -67,10 +68,10 @@ def main(argv=None) -> int:
     if args.img_size is None:
         size = next((p for p in args.spec.split(":") if "x" in p and p.replace("x", "").isdigit()), None)
         args.img_size = max(int(v) for v in size.split("x")) if size else 512
-    res = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "spec": args.spec, "runs": {}}
+    res = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "spec": args.spec, "sets": args.set, "runs": {}}
     tmp = Path(args.out).parent if args.out else Path("results")
     for mode in args.modes.split(","):
-        sets = [f"dataset.img_size={args.img_size}", f"single_thread={'true' if mode == 'single' else 'false'}"]
+        sets = [f"dataset.img_size={args.img_size}", f"single_thread={'true' if mode == 'single' else 'false'}", *args.set]
         r = one_run(args.spec, args.device, sets, tmp / f"e2e_{mode}", args.max_frames)
         sec = r["sections"]
         n = r["metrics"]["frames"] or 1
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
         ker = json.loads(Path(args.kernels_json).read_text())
         res["network_json"] = net.get("summary", net)
         res["kernels_json"] = ker.get("summary", ker)
-    print(f"\n## End to end ({res['device']}, {args.spec}, network image {args.img_size}, stand-in prior)\n")
+    print(f"\n## End to end ({res['device']}, {args.spec}, network image {args.img_size}, stand-in prior{', ' + ' '.join(args.set) if args.set else ''})\n")
     print("| run | frames | keyframes | FPS | FPS without the stand-in prior | backend ms / keyframe | ATE (m) |")
     print("|---|---|---|---|---|---|---|")
     for mode, r in res["runs"].items():

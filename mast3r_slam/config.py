@@ -127,7 +127,7 @@ class NetworkConfig:
 class DynamicConfig:
     """Moving-object handling (ours; the original assumes a static world). docs/DYNAMIC.md."""
 
-    enabled: bool = False  # off by default: a static loop's ATE gets slightly worse with it (docs/DYNAMIC.md)
+    enabled: bool = True  # on by default: static scenes do not get worse (docs/DYNAMIC.md); false: the original static world
     rel_thresh: float = 0.15  # a point nearer than (1 - this) x the depth the other view saw there has moved
     edge_frac: float = 0.012  # ... compared with the minimum depth over a window of this fraction of the width
     edge_depth_tol: float = 0.05  # pixels near a relative depth jump above this (blurred edges) are not judged
