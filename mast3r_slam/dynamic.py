@@ -363,7 +363,6 @@ def cross_check(cfg: DynamicConfig, keyframes: list[Frame], offsets: tuple[int, 
     added = 0
     for i, f in enumerate(keyframes):
         hits = torch.zeros(H * W, dtype=torch.int16, device=dev)
-        seen = torch.zeros_like(hits)  # neighbours that could judge the pixel
         for j in (i + o for o in offsets if 0 <= i + o < n):
             P = Sim3.act(Sim3.mul(Sim3.inv(T[j]), T[i]), f.X_canon)
             _, judged, ratio = free_space_violations(P, keyframes[j].X_canon[:, 2], k[j], H, W, cfg.rel_thresh, radius, cfg.border_px)
@@ -373,9 +372,8 @@ def cross_check(cfg: DynamicConfig, keyframes: list[Frame], offsets: tuple[int, 
             bulk = torch.where(judged, ratio, torch.full_like(ratio, float("nan"))).nanmedian().nan_to_num(1.0).clamp(max=1.0)
             viol = judged & (ratio < (1.0 - cfg.rel_thresh) * bulk)
             hits += plausible(viol, judged, cfg.max_moving_frac).to(torch.int16)
-            seen += judged.to(torch.int16)
         z = f.X_canon[:, 2]
-        m = clean((hits >= cfg.cross_check_votes) & (2 * hits > seen), H, W)
+        m = clean(hits >= cfg.cross_check_votes, H, W)
         m = dilate(grow(m, z, H, W, grow_iters(cfg, W), cfg.grow_depth_tol), H, W, cfg.dilate_px)
         old = f.extras.get(MASK)
         new = m if old is None else (m | old.reshape(-1).to(dev))
