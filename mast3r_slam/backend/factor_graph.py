@@ -169,14 +169,20 @@ class FactorGraph:
         Xj, Tj = torch.stack([f.X_canon for f in frames_j]), torch.cat([f.T_WC for f in frames_j])
         tau = self.cfg.dynamic.rel_thresh
 
-        def bad(X_row, T_row, X_other, T_other, idx):  # rows: pixels of one keyframe; idx into the other
+        max_frac = self.cfg.dynamic.max_moving_frac
+
+        def bad(X_row, T_row, X_other, T_other, idx, valid):  # rows: pixels of one keyframe; idx into the other
             P_row = Sim3.act(T_row[:, None], X_row)
             P_other = Sim3.act(T_other[:, None], torch.gather(X_other, 1, idx[..., None].expand(-1, -1, 3)))
             rng = X_row.norm(dim=-1) * T_row[:, None, 7].abs()
-            return ((P_row - P_other).norm(dim=-1) > tau * rng) & near[:, None]
+            b = ((P_row - P_other).norm(dim=-1) > tau * rng) & valid[..., 0]
+            # an edge whose matches mostly disagree has wrong current poses (its solve has not run
+            # yet), not a moving world: dropping them would leave the keyframe unconstrained
+            plausible = b.sum(1) <= max_frac * valid[..., 0].sum(1)
+            return b & (near & plausible)[:, None]
 
-        valid_j = valid_j & ~bad(Xj, Tj, Xi, Ti, idx_i2j)[..., None]
-        valid_i = valid_i & ~bad(Xi, Ti, Xj, Tj, idx_j2i)[..., None]
+        valid_j = valid_j & ~bad(Xj, Tj, Xi, Ti, idx_i2j, valid_j)[..., None]
+        valid_i = valid_i & ~bad(Xi, Ti, Xj, Tj, idx_j2i, valid_i)[..., None]
         return valid_j, valid_i
 
     # ------------------------------------------------------------------------------------------

@@ -314,3 +314,39 @@ def test_track_step_cuda_graph_equals_eager(calibrated):
         for a, b in zip(eager, graphed):
             assert torch.equal(a, b)
     assert len(runner) == 1
+
+
+@pytest.mark.parametrize("scale_b", [1.0, 1.5])  # 1.5: keyframe b's current pose is wrong (scale)
+def test_backend_drops_moving_matches_only_when_the_poses_agree(scale_b):
+    """The backend leaves out matches of nearby keyframes that disagree in 3D (a moving object),
+    but not when most of an edge disagrees: then the current poses are wrong, not the world."""
+    from types import SimpleNamespace
+
+    from mast3r_slam.backend.factor_graph import FactorGraph
+    from mast3r_slam.config import Config
+
+    X_a, _ = _render(torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0.0)
+    c = torch.tensor([0.2, 0.0, 0.0], dtype=torch.float64)
+    X_b, box_b = _render(torch.eye(3, dtype=torch.float64), c, 0.8)  # the board has moved
+    T_b = torch.tensor([[0.2, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, scale_b]])
+    a, b = _keyframe(X_a, Sim3.identity(1), 0), _keyframe(X_b, T_b, 1)
+    b.extras[dynamic.MASK] = box_b  # the frontend has seen motion in b
+    # true matches: b's pixel -> a's pixel where its world point (true pose) projects
+    P = X_b.double() + c
+    uv = torch.stack([K4[0] * P[:, 0] / P[:, 2] + K4[2], K4[1] * P[:, 1] / P[:, 2] + K4[3]], -1).round().long()
+    idx_b2a = (uv[:, 1].clamp(0, H - 1) * W + uv[:, 0].clamp(0, W - 1))[None]
+    idx_a2b = torch.arange(H * W)[None]  # (the other direction: identity, judged too)
+    # matched where a sees the same point (not behind a's board), and on b's moved board (a network
+    # that registers the object onto itself matches it anyway)
+    seen = (X_a[idx_b2a[0], 2].double() - P[:, 2]).abs() < 0.05 * P[:, 2]
+    valid = (seen | box_b).reshape(1, H * W, 1)
+    cfg = Config()
+    cfg.dynamic.enabled = True
+    graph = SimpleNamespace(cfg=cfg)
+    ii, jj = torch.tensor([0]), torch.tensor([1])
+    valid_b, _ = FactorGraph._drop_moving_matches(graph, [a], [b], ii, jj, idx_b2a, idx_a2b, valid.clone(), valid.clone())
+    dropped = valid[0, :, 0] & ~valid_b[0, :, 0]
+    if scale_b == 1.0:  # the moved board's matches go, the wall's stay
+        assert dropped[box_b].float().mean() > 0.9 and not dropped[~dynamic.dilate(box_b, H, W, 1)].any()
+    else:
+        assert not dropped.any()
