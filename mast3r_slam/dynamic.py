@@ -101,6 +101,11 @@ def grow_iters(cfg: DynamicConfig, W: int) -> int:
     return int(round(cfg.grow_frac * W))
 
 
+def edge_window(cfg: DynamicConfig, W: int) -> int:
+    """Radius in pixels of the minimum-depth window and of the depth-edge band (``edge_frac``)."""
+    return max(1, int(round(cfg.edge_frac * W)))
+
+
 def pinhole(X: torch.Tensor, H: int, W: int, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Pinhole intrinsics [fx, fy, cx, cy] that best explain a pointmap [HW, 3] (uncalibrated mode).
 
@@ -198,14 +203,13 @@ def judge(
     (confident, finite). Frame points in front of what the keyframe saw have arrived (frame mask);
     keyframe points in front of what the frame sees have gone (keyframe hits, votes)."""
     T = T_CkCf.reshape(1, 8)
-    radius = max(1, int(round(cfg.edge_frac * W)))
+    radius = edge_window(cfg, W)
     Y = Sim3.act(T, X_f)  # frame points in the keyframe camera
     viol_f, judged_f, _ = free_space_violations(Y, X_k[:, 2], k_k, H, W, cfg.rel_thresh, radius, cfg.border_px)
     Z = Sim3.act(Sim3.inv(T), X_k)  # keyframe points in the frame camera
     viol_k, judged_k, _ = free_space_violations(Z, X_f[:, 2], k_f, H, W, cfg.rel_thresh, radius, cfg.border_px)
-    edge_px = max(1, int(round(cfg.edge_frac * W)))
-    usable_f = usable_f & ~depth_edges(X_f[:, 2], H, W, cfg.edge_depth_tol, edge_px)
-    usable_k = usable_k & ~depth_edges(X_k[:, 2], H, W, cfg.edge_depth_tol, edge_px)
+    usable_f = usable_f & ~depth_edges(X_f[:, 2], H, W, cfg.edge_depth_tol, radius)
+    usable_k = usable_k & ~depth_edges(X_k[:, 2], H, W, cfg.edge_depth_tol, radius)
     frame_hit = plausible(viol_f & usable_f, judged_f & usable_f, cfg.max_moving_frac)
     kf_hit = plausible(viol_k & usable_k, judged_k & usable_k, cfg.max_moving_frac)
     frame_mask = clean(frame_hit, H, W)
@@ -355,7 +359,7 @@ def cross_check(cfg: DynamicConfig, keyframes: list[Frame], offsets: tuple[int, 
         return 0
     H, W = keyframes[0].img_shape
     dev = keyframes[0].X_canon.device
-    radius = max(1, int(round(cfg.edge_frac * W)))
+    radius = edge_window(cfg, W)
     # per keyframe, once: intrinsics, judgeable pixels (away from depth edges), pose
     k = [intrinsics_of(f.K, f.X_canon, H, W, f.C_avg()[:, 0] > 1.0) for f in keyframes]
     usable = [~depth_edges(f.X_canon[:, 2], H, W, cfg.edge_depth_tol, radius) for f in keyframes]
